@@ -1,0 +1,230 @@
+"""Attention, built up in the order the book derives it (chapters 13-18).
+
+1. ``simple_attention``: no trainable weights, scores are plain dot products.
+2. ``SelfAttentionV1`` / ``SelfAttentionV2``: trainable query, key and value projections.
+3. ``CausalAttention``: a token may only look at itself and earlier tokens.
+4. ``MultiHeadAttentionWrapper``: several causal heads side by side.
+5. ``MultiHeadAttention``: the same heads computed at once with one matrix per
+   projection, as GPT-2 does; ``fused=True`` hands the masked softmax to
+   PyTorch's ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "simple_attention",
+    "causal_mask",
+    "SelfAttentionV1",
+    "SelfAttentionV2",
+    "CausalAttention",
+    "MultiHeadAttentionWrapper",
+    "MultiHeadAttention",
+]
+
+
+def simple_attention(x: torch.Tensor, return_weights: bool = False):
+    """Context vectors softmax(x xᵀ) x for inputs ``(tokens, dim)`` or ``(batch, tokens, dim)``.
+
+    Every token is a query, a key and a value at once; nothing is learned.
+    With ``return_weights=True`` also returns the ``(…, tokens, tokens)`` weights.
+    """
+    scores = x @ x.transpose(-2, -1)
+    weights = torch.softmax(scores, dim=-1)
+    context = weights @ x
+    return (context, weights) if return_weights else context
+
+
+def causal_mask(num_tokens: int, device=None) -> torch.Tensor:
+    """Boolean ``(num_tokens, num_tokens)`` mask, True above the diagonal (the future to hide)."""
+    return torch.triu(torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=device), 1)
+
+
+def _check_length(num_tokens: int, context_length: int) -> None:
+    if num_tokens > context_length:
+        raise ValueError(
+            f"input has {num_tokens} tokens but this attention layer supports at most "
+            f"context_length={context_length}; truncate the input or build the layer "
+            f"with a larger context_length"
+        )
+
+
+class SelfAttentionV1(nn.Module):
+    """Scaled dot-product self-attention with raw weight matrices: ``(tokens, d_in) -> (tokens, d_out)``."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        # torch.rand keeps the hand-worked numbers in chapter 15 small and positive.
+        self.W_query = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_key = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_value = nn.Parameter(torch.rand(d_in, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        queries, keys, values = x @ self.W_query, x @ self.W_key, x @ self.W_value
+        scores = queries @ keys.transpose(-2, -1)
+        weights = torch.softmax(scores / math.sqrt(keys.shape[-1]), dim=-1)
+        return weights @ values
+
+
+class SelfAttentionV2(nn.Module):
+    """The same computation as ``SelfAttentionV1`` with ``nn.Linear`` projections (better initialisation)."""
+
+    def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False):
+        super().__init__()
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
+        scores = queries @ keys.transpose(-2, -1)
+        weights = torch.softmax(scores / math.sqrt(keys.shape[-1]), dim=-1)
+        return weights @ values
+
+    @torch.no_grad()
+    def load_from_v1(self, v1: SelfAttentionV1) -> SelfAttentionV2:
+        """Copy a ``SelfAttentionV1``'s matrices (``nn.Linear`` stores the transpose)."""
+        self.W_query.weight.copy_(v1.W_query.T)
+        self.W_key.weight.copy_(v1.W_key.T)
+        self.W_value.weight.copy_(v1.W_value.T)
+        return self
+
+
+class CausalAttention(nn.Module):
+    """Single-head causal self-attention with dropout: ``(batch, tokens, d_in) -> (batch, tokens, d_out)``."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 qkv_bias: bool = False):
+        super().__init__()
+        self.d_out = d_out
+        self.context_length = context_length
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.dropout = nn.Dropout(dropout)
+        # A buffer moves with .to(device) but is not a trainable parameter.
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal attention weights ``(batch, tokens, tokens)`` before dropout."""
+        num_tokens = x.shape[-2]
+        _check_length(num_tokens, self.context_length)
+        queries, keys = self.W_query(x), self.W_key(x)
+        scores = queries @ keys.transpose(-2, -1)
+        scores = scores.masked_fill(self.mask[:num_tokens, :num_tokens], -torch.inf)
+        return torch.softmax(scores / math.sqrt(self.d_out), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.dropout(self.attention_weights(x))
+        return weights @ self.W_value(x)
+
+
+class MultiHeadAttentionWrapper(nn.Module):
+    """``num_heads`` independent ``CausalAttention`` heads, outputs concatenated: ``d_out`` per head.
+
+    The result has ``num_heads * d_out`` features per token.
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.heads = nn.ModuleList(
+            CausalAttention(d_in, d_out, context_length, dropout, qkv_bias)
+            for _ in range(num_heads)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(x) for head in self.heads], dim=-1)
+
+    @torch.no_grad()
+    def to_multihead(self) -> MultiHeadAttention:
+        """An equivalent ``MultiHeadAttention``: head weights stacked, output projection = identity."""
+        first = self.heads[0]
+        head_dim, d_in = first.W_query.weight.shape
+        num_heads = len(self.heads)
+        mha = MultiHeadAttention(
+            d_in, head_dim * num_heads, first.context_length, first.dropout.p, num_heads,
+            qkv_bias=first.W_query.bias is not None,
+        )
+        for name in ("W_query", "W_key", "W_value"):
+            target = getattr(mha, name)
+            target.weight.copy_(torch.cat([getattr(h, name).weight for h in self.heads], dim=0))
+            if target.bias is not None:
+                target.bias.copy_(torch.cat([getattr(h, name).bias for h in self.heads], dim=0))
+        mha.out_proj.weight.copy_(torch.eye(head_dim * num_heads))
+        mha.out_proj.bias.zero_()
+        return mha
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head attention as in GPT-2: ``(batch, tokens, d_in) -> (batch, tokens, d_out)``.
+
+    ``d_out`` is split across ``num_heads`` heads of ``d_out // num_heads`` features.
+    ``fused=False`` computes the masked softmax explicitly (the teaching path);
+    ``fused=True`` calls ``F.scaled_dot_product_attention``, which computes the
+    same function with a faster kernel (flash or memory-efficient attention).
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False, fused: bool = False):
+        super().__init__()
+        if num_heads < 1 or d_out % num_heads != 0:
+            raise ValueError(
+                f"d_out={d_out} must be divisible by num_heads={num_heads} "
+                f"so that every head gets the same number of features"
+            )
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.context_length = context_length
+        self.dropout_p = dropout
+        self.fused = fused
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)  # mixes what the heads found
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
+
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, num_tokens, _ = t.shape
+        # (b, T, d_out) -> (b, T, nh, hd) -> (b, nh, T, hd)
+        return t.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _qkv(self, x: torch.Tensor):
+        if x.dim() != 3:
+            raise ValueError(f"expected input of shape (batch, tokens, d_in), got {tuple(x.shape)}")
+        _check_length(x.shape[1], self.context_length)
+        return (self._split_heads(self.W_query(x)), self._split_heads(self.W_key(x)),
+                self._split_heads(self.W_value(x)))
+
+    def _weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        num_tokens = queries.shape[-2]
+        scores = queries @ keys.transpose(-2, -1)  # (b, nh, T, T)
+        scores = scores.masked_fill(self.mask[:num_tokens, :num_tokens], -torch.inf)
+        return torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights ``(batch, num_heads, tokens, tokens)`` without dropout, for plotting."""
+        queries, keys, _ = self._qkv(x)
+        return self._weights(queries, keys)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        queries, keys, values = self._qkv(x)
+        if self.fused:
+            context = F.scaled_dot_product_attention(
+                queries, keys, values, is_causal=True,
+                dropout_p=self.dropout_p if self.training else 0.0,
+            )
+        else:
+            context = self.dropout(self._weights(queries, keys)) @ values  # (b, nh, T, hd)
+        b, _, num_tokens, _ = context.shape
+        # (b, nh, T, hd) -> (b, T, nh, hd) -> (b, T, d_out): heads side by side again
+        context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
+        return self.out_proj(context)

@@ -1,0 +1,73 @@
+"""The pieces of a GPT-2 transformer block (chapters 20-23)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .attention import MultiHeadAttention
+
+__all__ = ["LayerNorm", "GELU", "FeedForward", "TransformerBlock"]
+
+
+class LayerNorm(nn.Module):
+    """Normalise each token's features to mean 0 and variance 1, then scale and shift: shape kept."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps  # keeps the division finite when a token's features are all equal
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        # Biased variance (divide by n), as torch.nn.LayerNorm and GPT-2 use.
+        var = x.var(dim=-1, keepdim=True, unbiased=False)
+        return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
+
+
+class GELU(nn.Module):
+    """GELU activation in GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP ``emb_dim -> hidden_dim -> emb_dim`` with GELU; hidden_dim defaults to 4·emb_dim."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int | None = None):
+        super().__init__()
+        hidden_dim = hidden_dim or 4 * emb_dim
+        self.layers = nn.Sequential(
+            nn.Linear(emb_dim, hidden_dim), GELU(), nn.Linear(hidden_dim, emb_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + drop(att(norm1(x))), then + drop(ff(norm2(x))); ``(b, T, emb_dim)`` kept.
+
+    ``cfg`` is a ``GPTConfig`` (or anything with its attribute names).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = MultiHeadAttention(
+            d_in=cfg.emb_dim, d_out=cfg.emb_dim, context_length=cfg.context_length,
+            dropout=cfg.drop_rate, num_heads=cfg.n_heads, qkv_bias=cfg.qkv_bias,
+            fused=getattr(cfg, "fused_attention", False),
+        )
+        self.ff = FeedForward(cfg.emb_dim)
+        self.norm1 = LayerNorm(cfg.emb_dim)
+        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x

@@ -1,0 +1,192 @@
+"""Loss, evaluation, the pretraining loop and checkpoints (chapters 26-28)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .generate import generate_text_simple, text_to_token_ids, token_ids_to_text
+from .model import load_state_dict_checked
+
+__all__ = [
+    "calc_loss_batch",
+    "calc_loss_loader",
+    "evaluate_model",
+    "generate_and_print_sample",
+    "train_model_simple",
+    "plot_losses",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+
+def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model,
+                    device="cpu") -> torch.Tensor:
+    """Mean cross-entropy of the model's next-token predictions: inputs and targets ``(batch, tokens)``."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)  # (b, T, vocab)
+    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+
+
+def calc_loss_loader(data_loader, model, device="cpu", num_batches: int | None = None) -> float:
+    """Average ``calc_loss_batch`` over the first ``num_batches`` batches of a loader (all by default)."""
+    if len(data_loader) == 0:
+        raise ValueError("the data loader yields no batches, so there is no loss to average")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+    return total / num_batches
+
+
+@torch.no_grad()
+def evaluate_model(model, train_loader, val_loader, device="cpu", eval_iter: int = 5):
+    """Training and validation loss over ``eval_iter`` batches each, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    try:
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+    finally:
+        model.train(was_training)
+    return train_loss, val_loss
+
+
+def generate_and_print_sample(model, tokenizer, device, start_context: str,
+                              max_new_tokens: int = 50) -> str:
+    """Greedily continue ``start_context`` and print it on one line; returns the text."""
+    context_size = model.pos_emb.weight.shape[0]
+    idx = text_to_token_ids(start_context, tokenizer).to(device)
+    out = generate_text_simple(model, idx, max_new_tokens, context_size)
+    text = token_ids_to_text(out.cpu(), tokenizer).replace("\n", " ")
+    print(text)
+    return text
+
+
+def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs: int,
+                       eval_freq: int, eval_iter: int, start_context: str | None = None,
+                       tokenizer=None, progress: bool = True, sample_tokens: int = 50):
+    """Train with next-token cross-entropy; returns ``(train_losses, val_losses, tokens_seen)``.
+
+    Every ``eval_freq`` optimizer steps both losses are measured over
+    ``eval_iter`` batches and printed; after each epoch a greedy sample of
+    ``start_context`` is printed (when a tokenizer is given).
+    """
+    from tqdm import tqdm
+
+    train_losses, val_losses, track_tokens_seen = [], [], []
+    tokens_seen, global_step = 0, -1
+    bar = tqdm(total=num_epochs * len(train_loader), desc="training", unit="step",
+               disable=not progress, file=sys.stderr, leave=False)
+    for epoch in range(num_epochs):
+        model.train()
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss.backward()
+            optimizer.step()
+            tokens_seen += input_batch.numel()
+            global_step += 1
+            bar.update(1)
+            if global_step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device,
+                                                      eval_iter)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                track_tokens_seen.append(tokens_seen)
+                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+                print(f"Ep {epoch + 1} (step {global_step:06d}): "
+                      f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
+        if start_context is not None and tokenizer is not None:
+            generate_and_print_sample(model, tokenizer, device, start_context, sample_tokens)
+    bar.close()
+    return train_losses, val_losses, track_tokens_seen
+
+
+def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, ax=None):
+    """Training and validation loss against epochs (bottom axis) and tokens seen (top axis); returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    ax.plot(epochs_seen, train_losses, label="training loss")
+    ax.plot(epochs_seen, val_losses, linestyle="--", label="validation loss")
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title("Loss during pretraining")
+    ax.legend(loc="upper right")
+    top = ax.twiny()  # same curve, labelled by tokens seen
+    top.plot(tokens_seen, train_losses, alpha=0)
+    top.set_xlabel("tokens seen")
+    fig.tight_layout()
+    return fig
+
+
+def _unshared(state_dict: dict) -> dict:
+    """Copy tensors that share storage (a tied head), since safetensors stores each buffer once."""
+    seen, out = set(), {}
+    for key, tensor in state_dict.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.detach().clone().contiguous() if ptr in seen else tensor.detach().contiguous()
+        seen.add(ptr)
+    return out
+
+
+def save_checkpoint(path, model, optimizer=None, metadata: dict | None = None) -> Path:
+    """Save model weights (and optimizer state) without pickled code.
+
+    A ``.safetensors`` path stores the weights only, with ``metadata`` as JSON;
+    any other path is a ``torch.save`` file that ``load_checkpoint`` reads with
+    ``weights_only=True``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = dict(metadata or {})
+    if path.suffix == ".safetensors":
+        if optimizer is not None:
+            raise ValueError("a .safetensors checkpoint holds weights only; save optimizer state "
+                             "to a .pt path instead")
+        from safetensors.torch import save_file
+
+        save_file(_unshared(model.state_dict()), str(path),
+                  metadata={"llm_lib": json.dumps(metadata)})
+    else:
+        torch.save({"model": model.state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "metadata": metadata}, path)
+    return path
+
+
+def load_checkpoint(path, model, optimizer=None, map_location="cpu") -> dict:
+    """Load weights saved by ``save_checkpoint`` into ``model`` (and ``optimizer``); returns the metadata.
+
+    Shapes are checked first, so a checkpoint from another configuration
+    fails with the name of the parameter that does not fit.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path), device=str(map_location))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = json.loads((f.metadata() or {}).get("llm_lib", "{}"))
+        opt_state = None
+    else:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        state_dict, opt_state = checkpoint["model"], checkpoint.get("optimizer")
+        metadata = checkpoint.get("metadata", {})
+    load_state_dict_checked(model, state_dict, source=str(path))
+    if optimizer is not None:
+        if opt_state is None:
+            raise ValueError(f"{path} holds no optimizer state")
+        optimizer.load_state_dict(opt_state)
+    return metadata

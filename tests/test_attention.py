@@ -1,0 +1,125 @@
+"""Attention against PyTorch's own scaled-dot-product attention, and each step against the next."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm_lib.attention import (
+    CausalAttention,
+    MultiHeadAttention,
+    MultiHeadAttentionWrapper,
+    SelfAttentionV1,
+    SelfAttentionV2,
+    causal_mask,
+    simple_attention,
+)
+
+
+def test_simple_attention_matches_loops():
+    x = torch.rand(6, 3)
+    context, weights = simple_attention(x, return_weights=True)
+    for i in range(6):
+        scores = torch.tensor([x[i] @ x[j] for j in range(6)])
+        w = scores.exp() / scores.exp().sum()
+        torch.testing.assert_close(weights[i], w)
+        torch.testing.assert_close(context[i], sum(w[j] * x[j] for j in range(6)))
+    assert torch.allclose(weights.sum(-1), torch.ones(6))
+
+
+def test_self_attention_v1_equals_v2_and_sdpa():
+    x = torch.rand(6, 3)
+    v1 = SelfAttentionV1(3, 2)
+    v2 = SelfAttentionV2(3, 2).load_from_v1(v1)
+    torch.testing.assert_close(v1(x), v2(x))
+    q, k, v = x @ v1.W_query, x @ v1.W_key, x @ v1.W_value
+    torch.testing.assert_close(v1(x), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_causal_attention_matches_sdpa_and_masking_routes():
+    torch.manual_seed(0)
+    att = CausalAttention(3, 4, context_length=8, dropout=0.0)
+    x = torch.rand(2, 6, 3)
+    q, k, v = att.W_query(x), att.W_key(x), att.W_value(x)
+    torch.testing.assert_close(att(x), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    # Route 2: softmax over everything, zero the future, renormalise.
+    full = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(4), dim=-1)
+    renorm = full.masked_fill(causal_mask(6), 0.0)
+    renorm = renorm / renorm.sum(-1, keepdim=True)
+    torch.testing.assert_close(att.attention_weights(x), renorm)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_multihead_matches_sdpa_on_its_own_projections(fused):
+    torch.manual_seed(1)
+    mha = MultiHeadAttention(16, 24, context_length=10, dropout=0.0, num_heads=3, fused=fused,
+                             qkv_bias=True)
+    x = torch.randn(2, 7, 16)
+
+    def heads(t):
+        return t.view(2, 7, 3, 8).transpose(1, 2)
+
+    ref = F.scaled_dot_product_attention(heads(mha.W_query(x)), heads(mha.W_key(x)),
+                                         heads(mha.W_value(x)), is_causal=True)
+    ref = mha.out_proj(ref.transpose(1, 2).reshape(2, 7, 24))
+    torch.testing.assert_close(mha(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_and_explicit_paths_agree():
+    torch.manual_seed(2)
+    explicit = MultiHeadAttention(32, 32, 16, 0.0, num_heads=4)
+    fused = MultiHeadAttention(32, 32, 16, 0.0, num_heads=4, fused=True)
+    fused.load_state_dict(explicit.state_dict())
+    x = torch.randn(3, 16, 32)
+    torch.testing.assert_close(explicit(x), fused(x), atol=1e-5, rtol=1e-5)
+
+
+def test_wrapper_equals_efficient_multihead():
+    torch.manual_seed(3)
+    wrapper = MultiHeadAttentionWrapper(5, 2, context_length=6, dropout=0.0, num_heads=3)
+    x = torch.randn(2, 6, 5)
+    out = wrapper(x)
+    assert out.shape == (2, 6, 6)
+    torch.testing.assert_close(wrapper.to_multihead()(x), out, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_future_tokens_never_change_the_past(fused):
+    torch.manual_seed(4)
+    mha = MultiHeadAttention(8, 8, 12, 0.0, num_heads=2, fused=fused)
+    x = torch.randn(1, 10, 8)
+    changed = x.clone()
+    changed[:, 6:] = torch.randn(1, 4, 8)
+    torch.testing.assert_close(mha(x)[:, :6], mha(changed)[:, :6])
+    assert not torch.allclose(mha(x)[:, 6:], mha(changed)[:, 6:])
+
+
+def test_attention_weights_are_causal_distributions():
+    mha = MultiHeadAttention(8, 8, 12, 0.5, num_heads=2)
+    w = mha.attention_weights(torch.randn(2, 5, 8))
+    assert w.shape == (2, 2, 5, 5)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 5))
+    assert (w.triu(1) == 0).all()
+
+
+def test_dropout_only_in_training():
+    mha = MultiHeadAttention(8, 8, 12, 0.5, num_heads=2).eval()
+    x = torch.randn(1, 5, 8)
+    torch.testing.assert_close(mha(x), mha(x))
+    mha.train()
+    assert not torch.allclose(mha(x), mha(x))
+
+
+def test_heads_must_divide_d_out():
+    with pytest.raises(ValueError, match="d_out=10 must be divisible by num_heads=3"):
+        MultiHeadAttention(4, 10, 8, 0.0, num_heads=3)
+
+
+@pytest.mark.parametrize("layer", [
+    MultiHeadAttention(4, 4, 8, 0.0, num_heads=2),
+    CausalAttention(4, 4, 8, 0.0),
+])
+def test_too_long_input_names_the_limit(layer):
+    with pytest.raises(ValueError, match="context_length=8"):
+        layer(torch.randn(1, 9, 4))

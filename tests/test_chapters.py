@@ -1,0 +1,116 @@
+"""Every chapter notebook meets the book's standard: listed, executed, error-free, complete.
+
+nbval (``make notebooks``) checks that the saved outputs still reproduce; this
+file checks what a reader would notice without running anything.
+"""
+
+import re
+
+import nbformat
+import pytest
+
+from tools.book import CHAPTERS, ROOT, existing_chapters, setup_cell_source, toc_text
+
+CHAPTER_FILES = sorted((ROOT / "chapters").glob("*.ipynb"))
+MAX_NOTEBOOK_BYTES = 2_000_000
+
+
+def test_toc_lists_exactly_the_existing_chapters():
+    assert (ROOT / "_toc.yml").read_text() == toc_text(), "run `python -m tools.book`"
+    for stem in re.findall(r"file:\s*(\S+)", toc_text()):
+        assert list(ROOT.glob(stem + ".*")), f"_toc.yml names {stem}, which does not exist"
+
+
+def test_every_notebook_is_a_syllabus_chapter():
+    known = {c.path for c in CHAPTERS}
+    strays = [p.name for p in CHAPTER_FILES if p not in known]
+    assert not strays, f"notebooks not in tools/book.py's chapter list: {strays}"
+
+
+def sections(nb):
+    """[(level-2 heading, [cells or markdown fragments under it])] in book order.
+
+    A markdown cell may hold several headings; it is split at each one, and
+    its pieces are kept as markdown cells of their own.
+    """
+    out = [("", [])]
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            out[-1][1].append(cell)
+            continue
+        for i, piece in enumerate(re.split(r"^(?=## )", cell.source, flags=re.M)):
+            fragment = nbformat.v4.new_markdown_cell(piece)
+            if piece.startswith("## "):
+                out.append((piece.splitlines()[0][3:].strip(), [fragment]))
+            elif piece.strip() or i == 0:
+                out[-1][1].append(fragment)
+    return out
+
+
+@pytest.fixture(params=existing_chapters(), ids=lambda c: c.stem)
+def chapter(request):
+    return request.param, nbformat.read(request.param.path, as_version=4)
+
+
+def test_title_and_setup_cell(chapter):
+    ch, nb = chapter
+    assert nb.cells[0].cell_type == "markdown"
+    assert nb.cells[0].source.splitlines()[0] == ch.heading
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert first_code.source == setup_cell_source(), "run tools/execute_chapters.py"
+    assert not first_code.outputs, "the set-up cell should print nothing"
+
+
+def test_executed_without_errors(chapter):
+    ch, nb = chapter
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert code, "a chapter runs code"
+    unexecuted = [i for i, c in enumerate(code) if not c.execution_count]
+    assert not unexecuted, f"code cells saved without running: {unexecuted}"
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), "execute the notebook top to bottom in one go"
+    errors = [o.get("ename") for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"error outputs saved: {errors}"
+    assert ch.path.stat().st_size < MAX_NOTEBOOK_BYTES
+
+
+def test_uses_the_library_and_its_data_loaders(chapter):
+    _, nb = chapter
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    body = code.replace(setup_cell_source(), "")
+    assert re.search(r"^\s*(from llm_lib[\w.]* import|import llm_lib\.)", body, re.M), \
+        "a chapter imports what it uses from llm_lib"
+    for forbidden in ("urllib", "requests.get", "shared/data", "LLM_LIB_DATA_DIR"):
+        assert forbidden not in body, f"data comes through llm_lib.data_sources, not {forbidden}"
+
+
+def test_ends_with_summary_exercises_and_interview_questions(chapter):
+    _, nb = chapter
+    heads = [h for h, _ in sections(nb)]
+    assert heads[-3:] == ["Summary", "Exercises", "Interview questions"], heads
+    by_head = dict(sections(nb))
+
+    exercise_cells = by_head["Exercises"]
+    md = "\n".join(c.source for c in exercise_cells if c.cell_type == "markdown")
+    n_exercises = len(re.findall(r"^### Exercise \d+", md, re.M))
+    assert 2 <= n_exercises <= 4, f"{n_exercises} exercises"
+    solutions = md.count("<summary>Solution</summary>") + sum(
+        "solution" in c.metadata.get("tags", []) for c in exercise_cells if c.cell_type == "code")
+    assert solutions >= n_exercises, "every exercise has a worked solution"
+    for c in exercise_cells:
+        if c.cell_type == "code":
+            assert "hide-cell" in c.metadata.get("tags", []), "solutions are hidden behind a toggle"
+
+    questions = "\n".join(c.source for c in by_head["Interview questions"])
+    n_answers = questions.count("<summary>Answer</summary>")
+    assert 3 <= n_answers <= 5, f"{n_answers} interview answers"
+    assert questions.count("<details>") == questions.count("</details>") == n_answers
+
+
+def test_figures_have_their_images(chapter):
+    _, nb = chapter
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+            if "<Figure size" in text:
+                assert "image/png" in o.get("data", {}), "a figure saved without its image"

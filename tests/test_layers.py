@@ -1,0 +1,48 @@
+"""Layers against torch.nn's reference implementations."""
+
+import torch
+import torch.nn.functional as F
+
+from llm_lib.layers import GELU, FeedForward, LayerNorm, TransformerBlock
+from llm_lib.model import GPTConfig
+
+
+def test_layernorm_matches_torch():
+    ln = LayerNorm(16)
+    with torch.no_grad():
+        ln.scale.uniform_(0.5, 1.5)
+        ln.shift.uniform_(-1, 1)
+    x = torch.randn(3, 5, 16) * 4 + 2
+    ref = F.layer_norm(x, (16,), ln.scale, ln.shift, eps=ln.eps)
+    torch.testing.assert_close(ln(x), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ln(x), torch.nn.LayerNorm(16)(x) * ln.scale + ln.shift,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_layernorm_eps_keeps_constant_rows_finite():
+    out = LayerNorm(4)(torch.full((1, 4), 3.0))
+    assert torch.isfinite(out).all() and torch.allclose(out, torch.zeros(1, 4))
+
+
+def test_gelu_matches_torch_tanh_approximation():
+    x = torch.linspace(-8, 8, 1001)
+    torch.testing.assert_close(GELU()(x), F.gelu(x, approximate="tanh"))
+    assert (GELU()(x) - F.gelu(x)).abs().max() < 1e-3  # close to the exact erf form too
+
+
+def test_feedforward_shapes():
+    ff = FeedForward(768)
+    assert ff.layers[0].weight.shape == (3072, 768)
+    assert ff(torch.randn(2, 3, 768)).shape == (2, 3, 768)
+
+
+def test_transformer_block_preserves_shape_and_is_causal():
+    cfg = GPTConfig(vocab_size=10, context_length=8, emb_dim=16, n_heads=4, n_layers=1,
+                    drop_rate=0.0)
+    block = TransformerBlock(cfg)
+    x = torch.randn(2, 8, 16)
+    out = block(x)
+    assert out.shape == x.shape
+    y = x.clone()
+    y[:, -1] += 1.0
+    torch.testing.assert_close(block(y)[:, :-1], out[:, :-1])

@@ -1,0 +1,108 @@
+"""Loss, the training loop and checkpoints."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm_lib.data import create_dataloader
+from llm_lib.data_sources import load_text
+from llm_lib.model import GPTConfig, GPTModel
+from llm_lib.tokenizer import get_gpt2_encoding
+from llm_lib.train import (
+    calc_loss_batch,
+    calc_loss_loader,
+    evaluate_model,
+    load_checkpoint,
+    save_checkpoint,
+    train_model_simple,
+)
+
+TINY = GPTConfig(context_length=32, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.1)
+
+
+def loaders():
+    text = load_text("the-verdict.txt")
+    split = int(0.9 * len(text))
+    kw = dict(batch_size=4, max_length=32, stride=32, tokenizer=get_gpt2_encoding())
+    train = create_dataloader(text[:split], shuffle=True, drop_last=True, seed=0, **kw)
+    val = create_dataloader(text[split:], shuffle=False, drop_last=False, **kw)
+    return train, val
+
+
+def test_calc_loss_batch_is_cross_entropy_by_hand():
+    model = GPTModel(TINY).eval()
+    inputs = torch.randint(0, TINY.vocab_size, (2, 6))
+    targets = torch.randint(0, TINY.vocab_size, (2, 6))
+    log_probs = torch.log_softmax(model(inputs), dim=-1)
+    by_hand = -log_probs.gather(-1, targets.unsqueeze(-1)).mean()
+    loss = calc_loss_batch(inputs, targets, model)
+    torch.testing.assert_close(loss, by_hand)
+    torch.testing.assert_close(loss, F.cross_entropy(model(inputs).transpose(1, 2), targets))
+
+
+def test_untrained_loss_is_near_log_vocab():
+    torch.manual_seed(0)
+    train, val = loaders()
+    train_loss, val_loss = evaluate_model(GPTModel(TINY), train, val, eval_iter=3)
+    assert abs(val_loss - torch.log(torch.tensor(50257.0)).item()) < 0.6
+
+
+def run_training(steps_epochs=1):
+    torch.manual_seed(123)
+    train, val = loaders()
+    model = GPTModel(TINY)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    losses = train_model_simple(model, train, val, opt, "cpu", num_epochs=steps_epochs,
+                                eval_freq=5, eval_iter=2, progress=False)
+    return model, opt, losses
+
+
+def test_training_lowers_the_loss_and_is_reproducible(capsys):
+    _, _, (train_losses, val_losses, tokens) = run_training()
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert tokens == sorted(tokens) and tokens[0] == 4 * 32
+    assert "train loss" in capsys.readouterr().out
+    _, _, again = run_training()
+    assert again == (train_losses, val_losses, tokens)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_checkpoint_round_trip(tmp_path, suffix):
+    torch.manual_seed(3)
+    model = GPTModel(TINY.replace(tie_weights=True)).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    inputs = torch.randint(0, TINY.vocab_size, (2, 8))
+    calc_loss_batch(inputs, inputs, model).backward()
+    opt.step()
+    path = tmp_path / f"ckpt{suffix}"
+    with_opt = opt if suffix == ".pt" else None
+    save_checkpoint(path, model, with_opt, metadata={"seed": 3, "config": "tiny"})
+
+    restored = GPTModel(TINY.replace(tie_weights=True)).eval()
+    opt2 = torch.optim.AdamW(restored.parameters(), lr=1e-3)
+    meta = load_checkpoint(path, restored, opt2 if with_opt else None)
+    assert meta == {"seed": 3, "config": "tiny"}
+    torch.testing.assert_close(restored(inputs), model(inputs), rtol=0, atol=0)
+    if with_opt:
+        for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values(), strict=True):
+            torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=0)
+            torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_checkpoint_from_other_config_names_the_parameter(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", GPTModel(TINY))
+    with pytest.raises(ValueError, match="pos_emb.weight"):
+        load_checkpoint(path, GPTModel(TINY.replace(context_length=16)))
+    with pytest.raises(ValueError, match="missing"):
+        load_checkpoint(path, GPTModel(TINY.replace(n_layers=3)))
+
+
+def test_safetensors_refuses_optimizer_state(tmp_path):
+    model = GPTModel(TINY)
+    with pytest.raises(ValueError, match="weights only"):
+        save_checkpoint(tmp_path / "m.safetensors", model, torch.optim.SGD(model.parameters(), 0.1))
+
+
+def test_empty_loader_is_an_error():
+    with pytest.raises(ValueError, match="no batches"):
+        calc_loss_loader([], GPTModel(TINY))

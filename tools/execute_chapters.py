@@ -1,0 +1,71 @@
+"""Re-execute chapter notebooks and save their outputs the way CI will reproduce them.
+
+    python tools/execute_chapters.py chapters/07-*.ipynb
+
+Before running, the first code cell is replaced by the current set-up cell
+(from ``tools.book``); afterwards, per-run metadata (timings, versions) is
+stripped so a re-run that changes nothing leaves the file unchanged, and the
+table of contents is regenerated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.book import ROOT, setup_cell_source, toc_text  # noqa: E402
+
+
+def sync_setup_cell(nb) -> None:
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    first.source = setup_cell_source()
+    first.metadata.setdefault("tags", [])
+    if "setup" not in first.metadata.tags:
+        first.metadata.tags.append("setup")
+
+
+def clean(nb) -> None:
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("ExecuteTime", None)
+    nb.metadata.pop("papermill", None)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+
+
+def execute(path: Path) -> float:
+    nb = nbformat.read(path, as_version=4)
+    sync_setup_cell(nb)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    elapsed = time.perf_counter() - start
+    clean(nb)
+    nbformat.write(nb, path)
+    return elapsed
+
+
+def main(paths: list[str]) -> None:
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    shared = ROOT.parent / "shared" / "data"
+    if shared.is_dir():
+        os.environ.setdefault("LLM_LIB_DATA_DIR", str(shared))
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(shared / "tiktoken_cache"))
+    total = 0.0
+    for p in paths:
+        elapsed = execute(Path(p).resolve())
+        total += elapsed
+        print(f"{p}: {elapsed:.1f} s")
+    (ROOT / "_toc.yml").write_text(toc_text())
+    print(f"total {total:.1f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
