@@ -158,6 +158,18 @@ def export_gpt2_state_dict(model, prefix: str = "transformer.") -> dict[str, tor
     return result
 
 
+HF_URL = "https://huggingface.co"
+
+
+def _hub_downloader():
+    """``huggingface_hub.hf_hub_download`` when that package is installed, else None."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None
+    return hf_hub_download
+
+
 def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of OpenAI's GPT-2 ``model.safetensors`` for ``size``, downloaded from the Hugging Face hub once.
 
@@ -168,10 +180,7 @@ def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = Non
     if size not in HF_REPOS:
         raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {list(GPT2_SIZES)}")
     repo = HF_REPOS[size]
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        hf_hub_download = None
+    hf_hub_download = _hub_downloader()
     if hf_hub_download is not None:
         try:
             return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir))
@@ -185,6 +194,6 @@ def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = Non
 
     dest = Path(cache_dir or default_cache_dir() / "gpt2-weights") / repo / "model.safetensors"
     if not dest.is_file():
-        download(f"https://huggingface.co/{repo}/resolve/main/model.safetensors", dest,
+        download(f"{HF_URL}/{repo}/resolve/main/model.safetensors", dest,
                  timeout=60, desc=f"{repo} weights")
     return dest

@@ -13,6 +13,7 @@ from llm_lib.train import (
     calc_loss_loader,
     evaluate_model,
     load_checkpoint,
+    plot_losses,
     save_checkpoint,
     train_model_simple,
 )
@@ -106,3 +107,14 @@ def test_safetensors_refuses_optimizer_state(tmp_path):
 def test_empty_loader_is_an_error():
     with pytest.raises(ValueError, match="no batches"):
         calc_loss_loader([], GPTModel(TINY))
+
+
+def test_plot_losses_draws_both_curves_against_epochs_and_tokens():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = plot_losses([0, 1, 2], [100, 200, 300], [3.0, 2.0, 1.5], [3.1, 2.6, 2.5])
+    ax, top = fig.axes
+    assert [line.get_label() for line in ax.get_lines()] == ["training loss", "validation loss"]
+    assert list(ax.get_lines()[1].get_ydata()) == [3.1, 2.6, 2.5]
+    assert top.get_xlabel() == "tokens seen" and ax.get_xlabel() == "epochs"
