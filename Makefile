@@ -12,6 +12,10 @@ ifneq ($(SHARED),)
 export LLM_LIB_DATA_DIR ?= $(SHARED)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken_cache
 endif
+# Two workers on two cores: one torch thread each, or they oversubscribe the CPU (a
+# 1-second training loop was seen to take minutes). Saved outputs are made the same way.
+export OMP_NUM_THREADS ?= 1
+export PYTHONHASHSEED ?= 0
 NBVAL := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 \
          -p tests.notebook_timing
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "example_inputs",
     "simple_attention",
     "causal_mask",
     "SelfAttentionV1",
@@ -26,6 +27,25 @@ __all__ = [
     "MultiHeadAttentionWrapper",
     "MultiHeadAttention",
 ]
+
+
+def example_inputs() -> tuple[list[str], torch.Tensor]:
+    """The attention chapters' running example: six words and their 3-dimensional embeddings ``(6, 3)``.
+
+    The numbers are made up so that related words point in similar directions
+    (the two nouns of the animal, the two words about leaves), which makes the
+    attention weights easy to read.
+    """
+    words = ["Curious", "cats", "quietly", "watch", "falling", "leaves"]
+    embeddings = torch.tensor([
+        [0.72, 0.35, 0.10],  # Curious
+        [0.65, 0.48, 0.22],  # cats
+        [0.15, 0.80, 0.31],  # quietly
+        [0.28, 0.62, 0.55],  # watch
+        [0.05, 0.25, 0.91],  # falling
+        [0.12, 0.33, 0.84],  # leaves
+    ])
+    return words, embeddings
 
 
 def simple_attention(x: torch.Tensor, return_weights: bool = False):

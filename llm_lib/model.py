@@ -113,6 +113,21 @@ class GPTModel(nn.Module):
         positions = torch.arange(in_idx.shape[1], device=in_idx.device)
         return self.tok_emb(in_idx) + self.pos_emb(positions)
 
+    @torch.no_grad()
+    def attention_weights(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """Every block's attention weights ``(n_layers, batch, n_heads, tokens, tokens)``, dropout off."""
+        was_training = self.training
+        self.eval()
+        try:
+            x = self.embed(in_idx)
+            weights = []
+            for block in self.trf_blocks:
+                weights.append(block.att.attention_weights(block.norm1(x)))
+                x = block(x)
+        finally:
+            self.train(was_training)
+        return torch.stack(weights)
+
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         x = self.drop_emb(self.embed(in_idx))
         x = self.trf_blocks(x)

@@ -114,3 +114,13 @@ def test_figures_have_their_images(chapter):
             text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
             if "<Figure size" in text:
                 assert "image/png" in o.get("data", {}), "a figure saved without its image"
+
+
+def test_widgets_only_where_a_kernel_runs(chapter):
+    """A live widget's output is hidden from the static page (its explorer figure is shown instead)."""
+    _, nb = chapter
+    assert "widgets" not in nb.metadata, "saved widget state: run tools/execute_chapters.py"
+    for c in nb.cells:
+        if any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in c.get("outputs", [])):
+            tags = c.metadata.get("tags", [])
+            assert "remove-output" in tags and "nbval-ignore-output" in tags, c.source[:80]

@@ -149,3 +149,18 @@ def test_missing_batch_dimension_is_explained():
 def test_config_validation():
     with pytest.raises(ValueError, match="divisible by n_heads"):
         GPTConfig(emb_dim=10, n_heads=3)
+
+
+def test_attention_weights_match_transformers():
+    hf = hf_model()
+    ours = GPTModel(SMALL)
+    load_gpt2_weights(ours, hf.state_dict())
+    ids = _ids()
+    weights = ours.attention_weights(ids)
+    assert weights.shape == (SMALL.n_layers, 2, SMALL.n_heads, 20, 20)
+    assert ours.training  # mode restored
+    with torch.no_grad():
+        hf.set_attn_implementation("eager")  # the fused kernels do not return weights
+        ref = hf(ids, output_attentions=True).attentions
+    for layer in range(SMALL.n_layers):
+        torch.testing.assert_close(weights[layer], ref[layer], atol=1e-5, rtol=1e-4)

@@ -35,6 +35,9 @@ def clean(nb) -> None:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
     nb.metadata.pop("papermill", None)
+    # Live widgets need a kernel; a saved snapshot would only show "Loading widget..." or a
+    # frozen control on the static page. Cells that show one are tagged remove-output.
+    nb.metadata.pop("widgets", None)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -54,6 +57,7 @@ def execute(path: Path) -> float:
 
 def main(paths: list[str]) -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as `make notebooks` runs them
     shared = ROOT.parent / "shared" / "data"
     if shared.is_dir():
         os.environ.setdefault("LLM_LIB_DATA_DIR", str(shared))

@@ -1,0 +1,65 @@
+"""The explorers: every precomputed view holds the weights it claims to show."""
+
+import pytest
+import torch
+
+from llm_lib.attention import example_inputs, simple_attention
+from llm_lib.model import GPTConfig, GPTModel
+from llm_lib.tokenizer import get_gpt2_encoding
+from llm_lib.viz import attention_explorer, model_attention_explorer
+
+pytest.importorskip("plotly")
+
+
+def test_single_map_slider_shows_each_query_row():
+    words, x = example_inputs()
+    _, weights = simple_attention(x, return_weights=True)
+    fig = attention_explorer(weights, words)
+    heat, bars = fig.data
+    assert heat.type == "heatmap" and bars.type == "bar"
+    torch.testing.assert_close(torch.tensor(heat.z), weights, atol=5e-4, rtol=0)
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == words
+    for q, step in enumerate(steps):
+        data, layout, traces = step.args
+        assert list(traces) == [1]  # only the bar chart is restyled
+        torch.testing.assert_close(torch.tensor(data["y"][0]), weights[q], atol=5e-4, rtol=0)
+        assert layout["shapes"][0]["y0"] == q - 0.5
+
+
+def test_layer_slider_switches_every_head():
+    torch.manual_seed(0)
+    weights = torch.softmax(torch.randn(3, 4, 5, 5), dim=-1)
+    fig = attention_explorer(weights, list("abcde"))
+    assert len(fig.data) == 4
+    steps = fig.layout.sliders[0].steps
+    assert len(steps) == 3
+    for layer, step in enumerate(steps):
+        for head, z in enumerate(step.args[0]["z"]):
+            torch.testing.assert_close(torch.tensor(z), weights[layer, head], atol=5e-4, rtol=0)
+
+
+def test_heads_without_layers_have_no_slider():
+    fig = attention_explorer(torch.softmax(torch.randn(2, 3, 3), -1), ["x", "y", "x"])
+    assert len(fig.data) == 2 and not fig.layout.sliders
+    assert list(fig.layout.xaxis.ticktext) == ["x", "y", "x"]  # repeated tokens stay apart
+
+
+def test_bad_shapes_are_explained():
+    with pytest.raises(ValueError, match="weights cover 3x3 tokens but 2 tokens"):
+        attention_explorer(torch.ones(3, 3) / 3, ["a", "b"])
+    with pytest.raises(ValueError, match="expected weights of shape"):
+        attention_explorer(torch.ones(5), ["a"])
+
+
+def test_model_explorer_covers_every_layer_and_head():
+    torch.manual_seed(1)
+    cfg = GPTConfig(context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    model = GPTModel(cfg)
+    tok = get_gpt2_encoding()
+    fig = model_attention_explorer(model, tok, "Curious cats watch")
+    ids = torch.tensor([tok.encode("Curious cats watch")])
+    expected = model.attention_weights(ids)[:, 0]
+    assert len(fig.data) == 4 and len(fig.layout.sliders[0].steps) == 2
+    torch.testing.assert_close(torch.tensor(fig.layout.sliders[0].steps[1].args[0]["z"][3]),
+                               expected[1, 3], atol=5e-4, rtol=0)
