@@ -22,6 +22,7 @@ __all__ = [
     "attention_explorer",
     "model_attention_explorer",
     "attention_explorer_widget",
+    "sampling_explorer",
 ]
 
 _BLUES = "Blues"
@@ -159,6 +160,100 @@ def attention_explorer_widget(model, tokenizer, text: str):
     box.observe(redraw, names="value")
     redraw()
     return widgets.VBox([box, out])
+
+
+_CLEAR = "rgba(0,0,0,0)"  # an outline-only bar
+
+
+def _bar_text(values: list[float]) -> list[str]:
+    return [f"{v:.2f}" if v >= 0.005 else "" for v in values]
+
+
+def _sampling_view(logits: torch.Tensor, shown: torch.Tensor, temperature: float, top_k: int | None,
+                   n_samples: int, seed: int):
+    from .generate import next_token_probabilities
+
+    probs = next_token_probabilities(logits, temperature, top_k)
+    unfiltered = next_token_probabilities(logits, temperature, None)
+    generator = torch.Generator().manual_seed(seed)
+    samples = torch.multinomial(probs, n_samples, replacement=True, generator=generator)
+    return probs[shown], unfiltered[shown], samples
+
+
+def sampling_explorer(logits, labels, temperatures=(0.0, 0.3, 0.7, 1.0, 1.5, 2.5),
+                      top_ks=(None, 1, 3, 5, 10), n_show: int = 15, n_samples: int = 8,
+                      seed: int = 123, title: str = "Next-token distribution"):
+    """A plotly figure of the next-token distribution under temperature and top-k, explorable without a kernel.
+
+    ``logits`` has shape ``(vocab,)``; ``labels[i]`` names token ``i`` (e.g. its
+    decoded text). The ``n_show`` most likely tokens are drawn as bars: blue
+    where the token can be sampled, with a grey outline of the probability it
+    would have without top-k. A slider sets the temperature, buttons set k;
+    each view also lists ``n_samples`` tokens drawn from it with a fixed seed.
+    """
+    import plotly.graph_objects as go
+
+    logits = torch.as_tensor(logits).detach().float().cpu()
+    if logits.dim() != 1:
+        raise ValueError(f"expected logits of shape (vocab,), got {tuple(logits.shape)}")
+    if len(labels) != len(logits):
+        raise ValueError(f"{len(labels)} labels for a vocabulary of {len(logits)} tokens")
+    temperatures, top_ks = list(temperatures), list(top_ks)
+    n_show = min(n_show, len(logits))
+    shown = torch.topk(logits, n_show).indices
+    names = [repr(labels[i]) for i in shown.tolist()]
+    x = list(range(n_show))
+
+    def k_label(k):
+        return "all" if k is None else str(k)
+
+    def view(t, k):
+        probs, unfiltered, samples = _sampling_view(logits, shown, t, k, n_samples, seed)
+        drawn = ", ".join(repr(labels[i]) for i in samples.tolist())
+        colors = ["#2a6fb0" if p > 0 else "#cccccc" for p in probs.tolist()]
+        return (_round(unfiltered), _round(probs), colors,
+                f"T = {t:g}, top-k = {k_label(k)}<br>{n_samples} draws: {drawn}")
+
+    t0 = temperatures.index(1.0) if 1.0 in temperatures else 0
+    ghost, bars, colors, caption = view(temperatures[t0], top_ks[0])
+    fig = go.Figure([
+        go.Bar(x=x, y=ghost, name="without top-k", marker=dict(color=_CLEAR,
+               line=dict(color="#999999", width=1.5)), hovertemplate="%{y:.3f}<extra>without top-k</extra>"),
+        go.Bar(x=x, y=bars, name="sampling probability", marker=dict(color=colors),
+               text=_bar_text(bars), textposition="outside",
+               hovertemplate="%{y:.3f}<extra>sampled with</extra>"),
+    ])
+    sliders = []
+    for ki, k in enumerate(top_ks):
+        steps = []
+        for t in temperatures:
+            g, b, c, cap = view(t, k)
+            steps.append(dict(label=f"{t:g}", method="update",
+                              args=[{"y": [g, b], "marker.color": [_CLEAR, c],
+                                     "text": [[""] * n_show, _bar_text(b)]},
+                                    {"annotations[0].text": cap}]))
+        sliders.append(dict(active=t0, steps=steps, visible=(ki == 0), pad=dict(t=70),
+                            currentvalue=dict(prefix="temperature: ")))
+    buttons = []
+    for ki, k in enumerate(top_ks):
+        g, b, c, cap = view(temperatures[t0], k)
+        visible = {f"sliders[{j}].visible": j == ki for j in range(len(top_ks))}
+        buttons.append(dict(label=f"top-k: {k_label(k)}", method="update",
+                            args=[{"y": [g, b], "marker.color": [_CLEAR, c],
+                                   "text": [[""] * n_show, _bar_text(b)]},
+                                  {**visible, f"sliders[{ki}].active": t0, "annotations[0].text": cap}]))
+    fig.update_layout(
+        title=dict(text=title), barmode="overlay", template="plotly_white", height=460,
+        margin=dict(l=60, r=30, t=120, b=60), showlegend=False,
+        xaxis=dict(tickmode="array", tickvals=x, ticktext=names, tickangle=-45),
+        yaxis=dict(title="probability", range=[0, 1.08]),
+        sliders=sliders,
+        updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=0, y=1.17,
+                          xanchor="left", yanchor="top", showactive=True)],
+        annotations=[dict(text=caption, x=1, y=1.0, xref="paper", yref="paper", xanchor="right",
+                          yanchor="top", align="right", showarrow=False, font=dict(size=12))],
+    )
+    return fig
 
 
 setup_plotly()

@@ -63,3 +63,37 @@ def test_model_explorer_covers_every_layer_and_head():
     assert len(fig.data) == 4 and len(fig.layout.sliders[0].steps) == 2
     torch.testing.assert_close(torch.tensor(fig.layout.sliders[0].steps[1].args[0]["z"][3]),
                                expected[1, 3], atol=5e-4, rtol=0)
+
+
+def test_sampling_explorer_views_match_the_sampling_rule():
+    from llm_lib.generate import next_token_probabilities
+    from llm_lib.viz import sampling_explorer
+
+    torch.manual_seed(2)
+    logits = torch.randn(40)
+    labels = [f"t{i}" for i in range(40)]
+    temps, ks = (0.0, 0.5, 1.0, 2.0), (None, 1, 5)
+    fig = sampling_explorer(logits, labels, temperatures=temps, top_ks=ks, n_show=10)
+    shown = torch.topk(logits, 10).indices
+    assert [t for t in fig.layout.xaxis.ticktext] == [repr(labels[i]) for i in shown.tolist()]
+    assert len(fig.layout.sliders) == len(ks) and len(fig.layout.updatemenus[0].buttons) == len(ks)
+    for slider, k in zip(fig.layout.sliders, ks, strict=True):
+        for step, t in zip(slider.steps, temps, strict=True):
+            ghost, bars = step.args[0]["y"]
+            expected = next_token_probabilities(logits, t, k)[shown]
+            torch.testing.assert_close(torch.tensor(bars), expected, atol=5e-4, rtol=0)
+            assert sum(b > 0 for b in bars) == (1 if (k == 1 or t == 0) else min(k or 10, 10))
+            # the draws listed in the caption only name tokens that can be sampled
+            drawn = step.args[1]["annotations[0].text"].split("draws: ")[1].split(", ")
+            possible = torch.nonzero(next_token_probabilities(logits, t, k)).flatten().tolist()
+            allowed = {repr(labels[i]) for i in possible}
+            assert set(drawn) <= allowed
+
+
+def test_sampling_explorer_rejects_bad_input():
+    from llm_lib.viz import sampling_explorer
+
+    with pytest.raises(ValueError, match="3 labels for a vocabulary of 4"):
+        sampling_explorer(torch.zeros(4), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        sampling_explorer(torch.zeros(4), list("abcd"), temperatures=(-1.0,))
