@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .generate import generate_text_simple, text_to_token_ids, token_ids_to_text
-from .model import load_state_dict_checked
+from .model import GPTConfig, GPTModel, load_state_dict_checked
 
 __all__ = [
     "calc_loss_batch",
@@ -21,6 +25,10 @@ __all__ = [
     "plot_losses",
     "save_checkpoint",
     "load_checkpoint",
+    "PretrainRecipe",
+    "pretrain",
+    "checkpoint_path",
+    "load_or_pretrain",
 ]
 
 
@@ -190,3 +198,106 @@ def load_checkpoint(path, model, optimizer=None, map_location="cpu") -> dict:
             raise ValueError(f"{path} holds no optimizer state")
         optimizer.load_state_dict(opt_state)
     return metadata
+
+
+# ----------------------------------------------------------------------------------
+# The book's pretraining run (chapter 28), cached so later chapters reuse its weights
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Everything that determines a pretraining run; equal recipes give the same weights on one machine."""
+
+    cfg: GPTConfig = field(default_factory=lambda: GPTConfig.gpt2("small", context_length=256))
+    seed: int = 123
+    dataset: str = "the-verdict.txt"
+    train_ratio: float = 0.9
+    batch_size: int = 2
+    num_epochs: int = 10
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    eval_freq: int = 5
+    eval_iter: int = 5
+    start_context: str = "Every effort moves you"
+
+    def key(self) -> str:
+        """A short hash of the recipe, used in the checkpoint's file name."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def loaders(self, tokenizer=None):
+        """(train, validation) loaders: the dataset split at ``train_ratio``, windows of the context length."""
+        from .data import create_dataloader
+        from .data_sources import load_text
+
+        text = load_text(self.dataset)
+        split = int(self.train_ratio * len(text))
+        common = dict(batch_size=self.batch_size, max_length=self.cfg.context_length,
+                      stride=self.cfg.context_length, tokenizer=tokenizer)
+        train = create_dataloader(text[:split], shuffle=True, drop_last=True, seed=self.seed, **common)
+        val = create_dataloader(text[split:], shuffle=False, drop_last=False, **common)
+        return train, val
+
+
+def pretrain(recipe: PretrainRecipe, device="cpu", progress: bool = True, verbose: bool = True):
+    """Run ``recipe`` from a seeded random model; returns ``(model, history)``.
+
+    ``history`` holds ``train_losses``, ``val_losses`` and ``tokens_seen`` as lists.
+    """
+    from .tokenizer import get_gpt2_encoding
+
+    tokenizer = get_gpt2_encoding()
+    torch.manual_seed(recipe.seed)
+    model = GPTModel(recipe.cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    train_loader, val_loader = recipe.loaders(tokenizer)
+    if not verbose:
+        import contextlib
+        import io
+
+        quiet = contextlib.redirect_stdout(io.StringIO())
+    else:
+        import contextlib
+
+        quiet = contextlib.nullcontext()
+    with quiet:
+        train_losses, val_losses, tokens_seen = train_model_simple(
+            model, train_loader, val_loader, optimizer, device, recipe.num_epochs, recipe.eval_freq,
+            recipe.eval_iter, recipe.start_context, tokenizer, progress=progress)
+    history = {"train_losses": train_losses, "val_losses": val_losses, "tokens_seen": tokens_seen}
+    return model, history
+
+
+def checkpoint_path(recipe: PretrainRecipe) -> Path:
+    """Where the weights of ``recipe`` are cached: ``$LLM_LIB_CHECKPOINT_DIR`` or ``~/.cache/llm_lib/checkpoints``."""
+    from .data_sources import cache_dir
+
+    folder = Path(os.environ.get("LLM_LIB_CHECKPOINT_DIR") or cache_dir() / "checkpoints")
+    stem = Path(recipe.dataset).stem
+    return folder / f"{stem}-{recipe.cfg.emb_dim}d{recipe.cfg.n_layers}l-seed{recipe.seed}-{recipe.key()}.safetensors"
+
+
+def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progress: bool = True):
+    """The model trained by ``recipe`` (chapter 28's run by default), loaded from the cache or trained now.
+
+    Returns ``(model, history)``. A lock file makes concurrent callers (two
+    notebooks run in parallel) wait for one training run instead of each
+    starting their own.
+    """
+    import fcntl
+
+    recipe = recipe or PretrainRecipe()
+    path = checkpoint_path(recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            model, history = pretrain(recipe, device, progress=progress, verbose=False)
+            save_checkpoint(path, model, metadata={"recipe_key": recipe.key(), "history": history})
+    model = GPTModel(recipe.cfg).to(device)
+    metadata = load_checkpoint(path, model, map_location=device)
+    if metadata.get("recipe_key") != recipe.key():
+        raise ValueError(f"{path} was not written by this recipe; delete it to retrain")
+    model.eval()
+    return model, metadata["history"]

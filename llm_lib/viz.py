@@ -13,6 +13,7 @@ in every output.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import torch
@@ -28,14 +29,32 @@ __all__ = [
 _BLUES = "Blues"
 
 
+_CDN_MATHJAX = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*"></script>')
+
+
 def setup_plotly() -> None:
     """Render plotly figures as JSON plus a small HTML stub that uses the page's plotly.js."""
     import plotly.io as pio
+    from plotly.io._base_renderers import NotebookRenderer
 
     if "google.colab" in sys.modules:
         return  # Colab's own renderer works as it is
-    pio.renderers["notebook"].global_init = False  # nothing but the figure in each output
-    pio.renderers.default = "plotly_mimetype+notebook"
+
+    class BookRenderer(NotebookRenderer):
+        """plotly's notebook renderer minus the MathJax it always loads from a CDN.
+
+        Our figures hold no LaTeX, and a second MathJax would fight the book's own.
+        """
+
+        def to_mimebundle(self, fig_dict):
+            bundle = super().to_mimebundle(fig_dict)
+            bundle["text/html"] = _CDN_MATHJAX.sub("", bundle["text/html"])
+            return bundle
+
+    renderer = BookRenderer()
+    renderer.global_init = False  # nothing but the figure in each output; the page brings plotly.js
+    pio.renderers["llm_lib_book"] = renderer
+    pio.renderers.default = "plotly_mimetype+llm_lib_book"
 
 
 def _as_4d(weights) -> torch.Tensor:
@@ -101,11 +120,11 @@ def attention_explorer(weights, tokens: list[str], title: str = "Attention weigh
                           sliders=[dict(active=0, steps=steps, pad=dict(t=60),
                                         currentvalue=dict(prefix="query: "))])
     else:
-        cols = min(n_heads, 4)
+        cols = min(n_heads, 2 if n_heads <= 4 else 3)  # the book's text column is ~750 px wide
         rows = -(-n_heads // cols)
         labels = head_labels or [f"head {h + 1}" for h in range(n_heads)]
         fig = make_subplots(rows=rows, cols=cols, subplot_titles=labels,
-                            horizontal_spacing=0.06, vertical_spacing=0.12)
+                            horizontal_spacing=0.08, vertical_spacing=0.3 / rows)
         for h in range(n_heads):
             r, c = divmod(h, cols)
             fig.add_trace(go.Heatmap(
@@ -113,16 +132,16 @@ def attention_explorer(weights, tokens: list[str], title: str = "Attention weigh
                 colorbar=dict(title="weight", len=0.9),
                 hovertemplate=f"{labels[h]}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}"
                               "<extra></extra>"), row=r + 1, col=c + 1)
-            fig.update_xaxes(ticks, row=r + 1, col=c + 1, tickangle=-60)
+            fig.update_xaxes(ticks, row=r + 1, col=c + 1, tickangle=-60, tickfont=dict(size=10))
             fig.update_yaxes(ticks, row=r + 1, col=c + 1, autorange="reversed",
-                             showticklabels=(c == 0))
+                             showticklabels=(c == 0), tickfont=dict(size=10))
         if n_layers > 1:
             steps = [dict(label=str(layer + 1), method="restyle",
                           args=[{"z": [_round(w[layer, h]) for h in range(n_heads)]}])
                      for layer in range(n_layers)]
             fig.update_layout(sliders=[dict(active=0, steps=steps, pad=dict(t=50),
                                             currentvalue=dict(prefix="layer: "))])
-    height = 420 if single else 260 * (-(-n_heads // min(n_heads, 4))) + 160
+    height = 420 if single else 300 * rows + 170
     fig.update_layout(title=dict(text=title), height=height, margin=dict(l=60, r=30, t=80, b=40),
                       showlegend=False, template="plotly_white")
     return fig
@@ -144,22 +163,29 @@ def model_attention_explorer(model, tokenizer, text: str, title: str | None = No
 
 
 def attention_explorer_widget(model, tokenizer, text: str):
-    """A text box and the model's attention explorer for whatever sentence is typed (needs a kernel)."""
+    """A text box and the model's attention explorer for whatever sentence is typed (needs a kernel).
+
+    Nothing is drawn until the reader presses Enter in the box or clicks
+    "Draw": drawing into an Output widget while a notebook is executed
+    unattended was seen to stall nbclient, and the static explorer above the
+    widget already shows the default sentence.
+    """
     import ipywidgets as widgets
     from IPython.display import display
 
     box = widgets.Text(value=text, description="sentence:", continuous_update=False,
-                       layout=widgets.Layout(width="90%"))
+                       layout=widgets.Layout(width="70%"))
+    button = widgets.Button(description="Draw", button_style="primary")
     out = widgets.Output()
 
-    def redraw(change=None):
-        out.clear_output(wait=True)
+    def redraw(*_):
+        out.outputs = ()
         with out:
             display(model_attention_explorer(model, tokenizer, box.value))
 
     box.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([box, out])
+    button.on_click(redraw)
+    return widgets.VBox([widgets.HBox([box, button]), out])
 
 
 _CLEAR = "rgba(0,0,0,0)"  # an outline-only bar

@@ -1,18 +1,24 @@
 """Loss, the training loop and checkpoints."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from llm_lib import train as train_module
 from llm_lib.data import create_dataloader
 from llm_lib.data_sources import load_text
 from llm_lib.model import GPTConfig, GPTModel
 from llm_lib.tokenizer import get_gpt2_encoding
 from llm_lib.train import (
+    PretrainRecipe,
     calc_loss_batch,
     calc_loss_loader,
+    checkpoint_path,
     evaluate_model,
     load_checkpoint,
+    load_or_pretrain,
     plot_losses,
     save_checkpoint,
     train_model_simple,
@@ -118,3 +124,52 @@ def test_plot_losses_draws_both_curves_against_epochs_and_tokens():
     assert [line.get_label() for line in ax.get_lines()] == ["training loss", "validation loss"]
     assert list(ax.get_lines()[1].get_ydata()) == [3.1, 2.6, 2.5]
     assert top.get_xlabel() == "tokens seen" and ax.get_xlabel() == "epochs"
+
+
+TINY_RECIPE = PretrainRecipe(cfg=TINY, num_epochs=1, batch_size=4, eval_freq=10, eval_iter=1)
+
+
+def test_recipe_key_depends_on_config_and_seed():
+    assert TINY_RECIPE.key() == PretrainRecipe(cfg=TINY, num_epochs=1, batch_size=4, eval_freq=10,
+                                               eval_iter=1).key()
+    assert TINY_RECIPE.key() != dataclasses.replace(TINY_RECIPE, seed=7).key()
+    assert TINY_RECIPE.key() != dataclasses.replace(TINY_RECIPE, cfg=TINY.replace(n_layers=3)).key()
+    assert checkpoint_path(TINY_RECIPE) != checkpoint_path(dataclasses.replace(TINY_RECIPE, seed=7))
+
+
+def test_load_or_pretrain_trains_once_then_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_LIB_CHECKPOINT_DIR", str(tmp_path))
+    model, history = load_or_pretrain(TINY_RECIPE, progress=False)
+    assert checkpoint_path(TINY_RECIPE).exists()
+    assert history["train_losses"][-1] < history["train_losses"][0]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached weights should have been used")
+
+    monkeypatch.setattr(train_module, "pretrain", no_training)
+    again, history_again = load_or_pretrain(TINY_RECIPE)
+    ids = torch.randint(0, TINY.vocab_size, (1, 8))
+    torch.testing.assert_close(again(ids), model(ids), rtol=0, atol=0)
+    assert history_again == history
+
+
+def test_parallel_callers_share_one_training_run(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv("LLM_LIB_CHECKPOINT_DIR", str(tmp_path))
+    calls = []
+
+    def slow_pretrain(recipe, device="cpu", progress=True, verbose=True):
+        calls.append(recipe.key())
+        time.sleep(0.5)
+        torch.manual_seed(recipe.seed)
+        return GPTModel(recipe.cfg), {"train_losses": [1.0], "val_losses": [1.0], "tokens_seen": [1]}
+
+    monkeypatch.setattr(train_module, "pretrain", slow_pretrain)
+    threads = [threading.Thread(target=load_or_pretrain, args=(TINY_RECIPE,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1

@@ -97,3 +97,29 @@ def test_sampling_explorer_rejects_bad_input():
         sampling_explorer(torch.zeros(4), ["a", "b", "c"])
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         sampling_explorer(torch.zeros(4), list("abcd"), temperatures=(-1.0,))
+
+
+def test_live_widget_draws_the_typed_sentence(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import llm_lib.viz as viz
+
+    drawn = []
+    monkeypatch.setattr(viz, "model_attention_explorer", lambda m, t, text: drawn.append(text) or text)
+    widget = viz.attention_explorer_widget(object(), object(), "first sentence")
+    assert drawn == []  # nothing is drawn until asked
+    box, button = widget.children[0].children
+    button.click()
+    box.value = "a sentence of my own"
+    assert drawn == ["first sentence", "a sentence of my own"]
+
+
+def test_notebook_outputs_are_small_and_load_nothing_from_a_cdn():
+    import plotly.io as pio
+
+    import llm_lib.viz  # noqa: F401  (configures the renderer)
+
+    fig = attention_explorer(torch.ones(2, 2) / 2, ["a", "b"])
+    bundle = pio.renderers[pio.renderers.default.split("+")[-1]].to_mimebundle(fig.to_dict())
+    html = bundle["text/html"]
+    assert "cdnjs" not in html and "cdn.plot.ly" not in html
+    assert len(html) < 50_000  # the 4.8 MB plotly.js is loaded once by the page, not per output
