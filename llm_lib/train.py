@@ -278,12 +278,15 @@ def checkpoint_path(recipe: PretrainRecipe) -> Path:
     return folder / f"{stem}-{recipe.cfg.emb_dim}d{recipe.cfg.n_layers}l-seed{recipe.seed}-{recipe.key()}.safetensors"
 
 
-def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progress: bool = True):
+def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progress: bool = True,
+                     verbose: bool = False, retrain: bool = False):
     """The model trained by ``recipe`` (chapter 28's run by default), loaded from the cache or trained now.
 
-    Returns ``(model, history)``. A lock file makes concurrent callers (two
-    notebooks run in parallel) wait for one training run instead of each
-    starting their own.
+    Returns ``(model, history)`` with the model in eval mode. ``verbose`` prints
+    the training log (losses, a sample per epoch) when training happens;
+    ``retrain`` trains even if a checkpoint exists. A lock file makes
+    concurrent callers (two notebooks run in parallel) wait for one training
+    run instead of each starting their own.
     """
     import fcntl
 
@@ -292,9 +295,11 @@ def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progres
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            model, history = pretrain(recipe, device, progress=progress, verbose=False)
+        if retrain or not path.exists():
+            model, history = pretrain(recipe, device, progress=progress, verbose=verbose)
             save_checkpoint(path, model, metadata={"recipe_key": recipe.key(), "history": history})
+        elif verbose:
+            print(f"loaded the trained weights from {path.name} (retrain=True trains again)")
     model = GPTModel(recipe.cfg).to(device)
     metadata = load_checkpoint(path, model, map_location=device)
     if metadata.get("recipe_key") != recipe.key():

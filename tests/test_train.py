@@ -173,3 +173,13 @@ def test_parallel_callers_share_one_training_run(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1
+
+
+def test_verbose_run_prints_the_log_and_retrain_trains_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLM_LIB_CHECKPOINT_DIR", str(tmp_path))
+    load_or_pretrain(TINY_RECIPE, progress=False, verbose=True)
+    assert "train loss" in capsys.readouterr().out
+    load_or_pretrain(TINY_RECIPE, progress=False, verbose=True)
+    assert "loaded the trained weights" in capsys.readouterr().out
+    load_or_pretrain(TINY_RECIPE, progress=False, verbose=True, retrain=True)
+    assert "train loss" in capsys.readouterr().out
