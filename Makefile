@@ -16,7 +16,7 @@ endif
 # 1-second training loop was seen to take minutes). Saved outputs are made the same way.
 export OMP_NUM_THREADS ?= 1
 export PYTHONHASHSEED ?= 0
-NBVAL := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900 \
+NBVAL := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=2400 \
          -p tests.notebook_timing
 
 .PHONY: venv book test unit notebooks lint execute clean
