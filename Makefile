@@ -19,7 +19,7 @@ export PYTHONHASHSEED ?= 0
 NBVAL := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=2400 \
          -p tests.notebook_timing
 
-.PHONY: venv book test unit notebooks lint execute clean
+.PHONY: venv book test unit notebooks browser lint execute clean
 
 venv: $(STAMP)
 
@@ -35,17 +35,21 @@ book: $(STAMP)
 	@echo "Open _build/html/index.html"
 
 ## make test: lint, unit tests, chapter checks, every chapter re-executed by nbval, the book build
-test: lint unit notebooks book
+test: lint unit notebooks book browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check llm_lib tests tools
 	$(BIN)/codespell llm_lib tests tools README.md chapters/*.md
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -n 2 -q
+	$(BIN)/python -m pytest tests -n 2 -q --ignore=tests/browser
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest chapters $(NBVAL) -n 2 --dist loadfile -q
+
+## make browser: the built pages in headless Chromium (after make book)
+browser: $(STAMP)
+	$(BIN)/python -m pytest tests/browser -q -rs
 
 ## make execute: re-run every chapter (or CHAPTERS="chapters/07-*.ipynb") and save its outputs
 execute: $(STAMP)
