@@ -30,15 +30,21 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)"),
 ]
 
-# Console messages a page may show offline, each with the reason it is tolerated.
-KNOWN_NOISE = {
-    # The book's MathJax comes from a CDN; offline (CI) the request fails and math shows as TeX.
-    "net::ERR_NAME_NOT_RESOLVED": "CDN MathJax unreachable offline",
-    # sphinx-thebe injects its configuration script twice (Jupyter Book 1); harmless.
-    "Identifier 'THEBE_JS_URL' has already been declared": "sphinx-thebe double injection",
-    # pydata-sphinx-theme logs this when no colour mode was stored yet.
-    "Got invalid theme mode": "theme mode not stored yet",
-}
+# The site serves its own plotly.js and MathJax (tools/sphinx_assets.py), and the
+# theme's own console noise is fixed at its cause there. One message remains: MathJax 2's
+# HTML-CSS output measures font loading against an @font-face whose source is
+# about:blank, which Chromium reports as a blocked font plus one failed load. Math still
+# renders; exactly those two messages, once per probe, are tolerated.
+MATHJAX_PROBE = "Access to font at 'about:blank'"
+
+
+def unexpected_errors(errors: list[str]) -> list[str]:
+    """Console errors other than MathJax's font probe (and the failed load it causes)."""
+    probes = sum(MATHJAX_PROBE in e for e in errors)
+    rest = [e for e in errors if MATHJAX_PROBE not in e]
+    failed = [i for i, e in enumerate(rest) if e == "Failed to load resource: net::ERR_FAILED"]
+    drop = set(failed[:probes])
+    return [e for i, e in enumerate(rest) if i not in drop]
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +101,7 @@ def open_page(browser, url):
 def test_chapter_page_is_complete(server, browser, chapter):
     page, errors = open_page(browser, f"{server}/chapters/{chapter.stem}.html")
     try:
-        unexpected = [e for e in errors if not any(k in e for k in KNOWN_NOISE)]
-        assert not unexpected, unexpected
+        assert not unexpected_errors(errors), unexpected_errors(errors)
         assert page.locator("h1").first.inner_text().startswith(f"{chapter.number}.")
         assert "Loading widget" not in page.inner_text("main")
 
