@@ -9,7 +9,15 @@ import re
 import nbformat
 import pytest
 
-from tools.book import CHAPTERS, ROOT, existing_chapters, setup_cell_source, toc_text
+from tools.book import (
+    CHAPTERS,
+    INTERVIEW_PAGE,
+    ROOT,
+    existing_chapters,
+    interview_page_text,
+    setup_cell_source,
+    toc_text,
+)
 
 CHAPTER_FILES = sorted((ROOT / "chapters").glob("*.ipynb"))
 MAX_NOTEBOOK_BYTES = 2_000_000
@@ -19,6 +27,10 @@ def test_toc_lists_exactly_the_existing_chapters():
     assert (ROOT / "_toc.yml").read_text() == toc_text(), "run `python -m tools.book`"
     for stem in re.findall(r"file:\s*(\S+)", toc_text()):
         assert list(ROOT.glob(stem + ".*")), f"_toc.yml names {stem}, which does not exist"
+
+
+def test_interview_page_is_in_sync_with_the_chapters():
+    assert INTERVIEW_PAGE.read_text() == interview_page_text(), "run `python -m tools.book`"
 
 
 def test_every_notebook_is_a_syllabus_chapter():

@@ -19,7 +19,7 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.book import ROOT, setup_cell_source, toc_text  # noqa: E402
+from tools.book import ROOT, setup_cell_source, write_generated  # noqa: E402
 
 
 def sync_setup_cell(nb) -> None:
@@ -67,7 +67,7 @@ def main(paths: list[str]) -> None:
         elapsed = execute(Path(p).resolve())
         total += elapsed
         print(f"{p}: {elapsed:.1f} s")
-    (ROOT / "_toc.yml").write_text(toc_text())
+    write_generated()  # the table of contents and the interview-questions page
     print(f"total {total:.1f} s")
 
 
