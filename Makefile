@@ -39,7 +39,7 @@ test: lint unit notebooks book browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check llm_lib tests tools
-	$(BIN)/codespell llm_lib tests tools README.md chapters/*.md
+	$(BIN)/codespell --ignore-words tests/spelling-words.txt llm_lib tests tools README.md chapters/*.md
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -n 2 -q --ignore=tests/browser
