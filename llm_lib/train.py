@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
@@ -252,15 +254,7 @@ def pretrain(recipe: PretrainRecipe, device="cpu", progress: bool = True, verbos
     model = GPTModel(recipe.cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     train_loader, val_loader = recipe.loaders(tokenizer)
-    if not verbose:
-        import contextlib
-        import io
-
-        quiet = contextlib.redirect_stdout(io.StringIO())
-    else:
-        import contextlib
-
-        quiet = contextlib.nullcontext()
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:
         train_losses, val_losses, tokens_seen = train_model_simple(
             model, train_loader, val_loader, optimizer, device, recipe.num_epochs, recipe.eval_freq,
