@@ -234,40 +234,36 @@ def sampling_explorer(logits, labels, temperatures=(0.0, 0.3, 0.7, 1.0, 1.5, 2.5
         return "all" if k is None else str(k)
 
     def view(t, k):
+        """(restyle payload for both bar traces, caption) of one temperature and k."""
         probs, unfiltered, samples = _sampling_view(logits, shown, t, k, n_samples, seed)
         drawn = ", ".join(repr(labels[i]) for i in samples.tolist())
+        bars = _round(probs)
         colors = ["#2a6fb0" if p > 0 else "#cccccc" for p in probs.tolist()]
-        return (_round(unfiltered), _round(probs), colors,
-                f"T = {t:g}, top-k = {k_label(k)}<br>{n_samples} draws: {drawn}")
+        restyle = {"y": [_round(unfiltered), bars], "marker.color": [_CLEAR, colors],
+                   "text": [[""] * n_show, _bar_text(bars)]}
+        return restyle, f"T = {t:g}, top-k = {k_label(k)}<br>{n_samples} draws: {drawn}"
 
+    views = {(t, k): view(t, k) for k in top_ks for t in temperatures}
     t0 = temperatures.index(1.0) if 1.0 in temperatures else 0
-    ghost, bars, colors, caption = view(temperatures[t0], top_ks[0])
+    first, caption = views[(temperatures[t0], top_ks[0])]
     fig = go.Figure([
-        go.Bar(x=x, y=ghost, name="without top-k", marker=dict(color=_CLEAR,
+        go.Bar(x=x, y=first["y"][0], name="without top-k", marker=dict(color=_CLEAR,
                line=dict(color="#999999", width=1.5)), hovertemplate="%{y:.3f}<extra>without top-k</extra>"),
-        go.Bar(x=x, y=bars, name="sampling probability", marker=dict(color=colors),
-               text=_bar_text(bars), textposition="outside",
+        go.Bar(x=x, y=first["y"][1], name="sampling probability", marker=dict(color=first["marker.color"][1]),
+               text=first["text"][1], textposition="outside",
                hovertemplate="%{y:.3f}<extra>sampled with</extra>"),
     ])
-    sliders = []
-    for ki, k in enumerate(top_ks):
-        steps = []
-        for t in temperatures:
-            g, b, c, cap = view(t, k)
-            steps.append(dict(label=f"{t:g}", method="update",
-                              args=[{"y": [g, b], "marker.color": [_CLEAR, c],
-                                     "text": [[""] * n_show, _bar_text(b)]},
-                                    {"annotations[0].text": cap}]))
-        sliders.append(dict(active=t0, steps=steps, visible=(ki == 0), pad=dict(t=70),
-                            currentvalue=dict(prefix="temperature: ")))
+    sliders = [dict(active=t0, visible=(ki == 0), pad=dict(t=70), currentvalue=dict(prefix="temperature: "),
+                    steps=[dict(label=f"{t:g}", method="update",
+                                args=[views[(t, k)][0], {"annotations[0].text": views[(t, k)][1]}])
+                           for t in temperatures])
+               for ki, k in enumerate(top_ks)]
     buttons = []
     for ki, k in enumerate(top_ks):
-        g, b, c, cap = view(temperatures[t0], k)
+        restyle, cap = views[(temperatures[t0], k)]
         visible = {f"sliders[{j}].visible": j == ki for j in range(len(top_ks))}
         buttons.append(dict(label=f"top-k: {k_label(k)}", method="update",
-                            args=[{"y": [g, b], "marker.color": [_CLEAR, c],
-                                   "text": [[""] * n_show, _bar_text(b)]},
-                                  {**visible, f"sliders[{ki}].active": t0, "annotations[0].text": cap}]))
+                            args=[restyle, {**visible, f"sliders[{ki}].active": t0, "annotations[0].text": cap}]))
     fig.update_layout(
         title=dict(text=title), barmode="overlay", template="plotly_white", height=460,
         margin=dict(l=60, r=30, t=120, b=60), showlegend=False,
