@@ -207,6 +207,10 @@ def load_checkpoint(path, model, optimizer=None, map_location="cpu") -> dict:
 # ----------------------------------------------------------------------------------
 
 
+_CFG_FIELDS_OF_CHAPTER_28 = frozenset({"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
+                                       "drop_rate", "qkv_bias", "fused_attention", "tie_weights"})
+
+
 @dataclass(frozen=True)
 class PretrainRecipe:
     """Everything that determines a pretraining run; equal recipes give the same weights on one machine."""
@@ -224,8 +228,16 @@ class PretrainRecipe:
     start_context: str = "Every effort moves you"
 
     def key(self) -> str:
-        """A short hash of the recipe, used in the checkpoint's file name."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A short hash of the recipe, used in the checkpoint's file name.
+
+        Config fields added after chapter 28 enter the hash only when they differ
+        from their defaults, so adding an option does not orphan cached weights.
+        """
+        fields = dataclasses.asdict(self)
+        defaults = dataclasses.asdict(GPTConfig())
+        fields["cfg"] = {name: value for name, value in fields["cfg"].items()
+                         if name in _CFG_FIELDS_OF_CHAPTER_28 or value != defaults[name]}
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def loaders(self, tokenizer=None):

@@ -137,6 +137,12 @@ def test_recipe_key_depends_on_config_and_seed():
     assert checkpoint_path(TINY_RECIPE) != checkpoint_path(dataclasses.replace(TINY_RECIPE, seed=7))
 
 
+def test_chapter_28_recipe_key_is_stable():
+    # Readers' caches hold weights under this key; a new GPTConfig option at its default must not change it.
+    assert PretrainRecipe().key() == "56575223c500"
+    assert PretrainRecipe(cfg=PretrainRecipe().cfg.replace(tie_weights=True)).key() != "56575223c500"
+
+
 def test_load_or_pretrain_trains_once_then_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_LIB_CHECKPOINT_DIR", str(tmp_path))
     model, history = load_or_pretrain(TINY_RECIPE, progress=False)
