@@ -38,8 +38,8 @@ book: $(STAMP)
 test: lint unit notebooks book browser
 
 lint: $(STAMP)
-	$(BIN)/ruff check llm_lib tests tools
-	$(BIN)/codespell --ignore-words tests/spelling-words.txt llm_lib tests tools README.md chapters/*.md
+	$(BIN)/ruff check llm_lib tests tools benchmarks
+	$(BIN)/codespell --ignore-words tests/spelling-words.txt llm_lib tests tools benchmarks README.md chapters/*.md
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -n 2 -q --ignore=tests/browser

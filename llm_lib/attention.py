@@ -7,6 +7,9 @@
 5. ``MultiHeadAttention``: the same heads computed at once with one matrix per
    projection, as GPT-2 does; ``fused=True`` hands the masked softmax to
    PyTorch's ``scaled_dot_product_attention``.
+
+For generation (chapter 35), ``LayerKVCache`` keeps the keys and values of the
+tokens a layer has already seen, so that each new token computes only its own.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "CausalAttention",
     "MultiHeadAttentionWrapper",
     "MultiHeadAttention",
+    "LayerKVCache",
 ]
 
 
@@ -65,10 +69,11 @@ def causal_mask(num_tokens: int, device=None) -> torch.Tensor:
     return torch.triu(torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=device), 1)
 
 
-def _check_length(num_tokens: int, context_length: int) -> None:
-    if num_tokens > context_length:
+def _check_length(num_tokens: int, context_length: int, cached: int = 0) -> None:
+    if cached + num_tokens > context_length:
+        have = f"{num_tokens} tokens" if not cached else f"{num_tokens} new tokens after {cached} cached ones"
         raise ValueError(
-            f"input has {num_tokens} tokens but this attention layer supports at most "
+            f"input has {have} but this attention layer supports at most "
             f"context_length={context_length}; truncate the input or build the layer "
             f"with a larger context_length"
         )
@@ -181,6 +186,50 @@ class MultiHeadAttentionWrapper(nn.Module):
         return mha
 
 
+class LayerKVCache:
+    """One attention layer's keys and values so far, each ``(batch, num_heads, tokens, head_dim)``.
+
+    Room for ``max_tokens`` tokens is allocated at the first ``append``, so
+    appending never copies what is already stored. Meant for inference (under
+    ``torch.no_grad()``): the buffers are overwritten in place.
+    """
+
+    def __init__(self, max_tokens: int):
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.length = 0  # tokens stored
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys and values ``(batch, num_heads, new_tokens, head_dim)``; return all so far."""
+        b, num_heads, new_tokens, head_dim = keys.shape
+        end = self.length + new_tokens
+        if end > self.max_tokens:
+            raise ValueError(
+                f"the KV cache holds {self.length} tokens and has room for max_tokens={self.max_tokens}, "
+                f"so it cannot take {new_tokens} more; start a new cache (reset()) with fewer tokens"
+            )
+        if self.keys is None:
+            self.keys = keys.new_zeros(b, num_heads, self.max_tokens, head_dim)
+            self.values = values.new_zeros(b, num_heads, self.max_tokens, head_dim)
+        elif (b, num_heads, head_dim) != (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3]):
+            raise ValueError(
+                f"the KV cache was filled with (batch, num_heads, head_dim) = "
+                f"{(self.keys.shape[0], self.keys.shape[1], self.keys.shape[3])}, "
+                f"got {(b, num_heads, head_dim)}; use one cache per batch"
+            )
+        self.keys[:, :, self.length:end] = keys
+        self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def reset(self) -> None:
+        """Forget the stored tokens (the buffers are kept and overwritten)."""
+        self.length = 0
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head attention as in GPT-2: ``(batch, tokens, d_in) -> (batch, tokens, d_out)``.
 
@@ -188,6 +237,9 @@ class MultiHeadAttention(nn.Module):
     ``fused=False`` computes the masked softmax explicitly (the teaching path);
     ``fused=True`` calls ``F.scaled_dot_product_attention``, which computes the
     same function with a faster kernel (flash or memory-efficient attention).
+    ``forward(x, kv_cache)`` with a ``LayerKVCache`` treats ``x`` as the tokens
+    that follow the cached ones: their keys and values are appended, and they
+    attend to every cached token and to themselves causally.
     """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
@@ -216,18 +268,31 @@ class MultiHeadAttention(nn.Module):
         # (b, T, d_out) -> (b, T, nh, hd) -> (b, nh, T, hd)
         return t.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _qkv(self, x: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, cached: int = 0):
         if x.dim() != 3:
             raise ValueError(f"expected input of shape (batch, tokens, d_in), got {tuple(x.shape)}")
-        _check_length(x.shape[1], self.context_length)
+        _check_length(x.shape[1], self.context_length, cached)
         return (self._split_heads(self.W_query(x)), self._split_heads(self.W_key(x)),
                 self._split_heads(self.W_value(x)))
 
-    def _weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        num_tokens = queries.shape[-2]
-        scores = queries @ keys.transpose(-2, -1)  # (b, nh, T, T)
-        scores = scores.masked_fill(self.mask[:num_tokens, :num_tokens], -torch.inf)
+    def _weights(self, queries: torch.Tensor, keys: torch.Tensor, start: int = 0) -> torch.Tensor:
+        # Queries sit at positions start, start+1, ...; keys at 0, 1, ... (start > 0 with a KV cache).
+        num_queries, num_keys = queries.shape[-2], keys.shape[-2]
+        scores = queries @ keys.transpose(-2, -1)  # (b, nh, T_q, T_k)
+        scores = scores.masked_fill(self.mask[start:start + num_queries, :num_keys], -torch.inf)
         return torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
+
+    def _fused_context(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                       start: int) -> torch.Tensor:
+        dropout_p = self.dropout_p if self.training else 0.0
+        num_queries, num_keys = queries.shape[-2], keys.shape[-2]
+        if start == 0:       # no cache: the usual square causal mask
+            return F.scaled_dot_product_attention(queries, keys, values, is_causal=True, dropout_p=dropout_p)
+        if num_queries == 1:  # one new token may see every cached token: no mask at all
+            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
+        # is_causal would align the mask to the top left; the new tokens are the last rows.
+        allowed = ~self.mask[start:start + num_queries, :num_keys]
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, dropout_p=dropout_p)
 
     @torch.no_grad()
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,15 +300,15 @@ class MultiHeadAttention(nn.Module):
         queries, keys, _ = self._qkv(x)
         return self._weights(queries, keys)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        queries, keys, values = self._qkv(x)
+    def forward(self, x: torch.Tensor, kv_cache: LayerKVCache | None = None) -> torch.Tensor:
+        start = 0 if kv_cache is None else kv_cache.length
+        queries, keys, values = self._qkv(x, start)
+        if kv_cache is not None:
+            keys, values = kv_cache.append(keys, values)  # (b, nh, start + T, hd)
         if self.fused:
-            context = F.scaled_dot_product_attention(
-                queries, keys, values, is_causal=True,
-                dropout_p=self.dropout_p if self.training else 0.0,
-            )
+            context = self._fused_context(queries, keys, values, start)
         else:
-            context = self.dropout(self._weights(queries, keys)) @ values  # (b, nh, T, hd)
+            context = self.dropout(self._weights(queries, keys, start)) @ values  # (b, nh, T, hd)
         b, _, num_tokens, _ = context.shape
         # (b, nh, T, hd) -> (b, T, nh, hd) -> (b, T, d_out): heads side by side again
         context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)

@@ -11,10 +11,10 @@ in ``$XDG_CACHE_HOME/llm_lib`` (``~/.cache/llm_lib`` by default).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import os
-import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -44,12 +44,36 @@ class DataFile:
     url: str
     sha256: str
     size: int
-    archive_member: str | None = None  # set when `url` is a zip holding the file
+    archive_member: str | None = None  # set when `url` is an archive (zip or tar) holding the file
     source: str = ""
 
 
 _RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
 _OPENAI_BPE = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"
+# MMLU (Hendrycks et al., "Measuring Massive Multitask Language Understanding", ICLR 2021), MIT
+# licence: the released archive holds, among others, data/{dev,val,test}/<subject>_<split>.csv for 57 subjects.
+_MMLU_TAR = "https://people.eecs.berkeley.edu/~hendrycks/data.tar"
+_MMLU_FILES = [  # (split/file, bytes, SHA-256) of the five subjects the book uses
+    ("dev/abstract_algebra_dev.csv", 719, "bd8c73f3c75bea9db82d281d9da6949cea687b987dba24a142c638e758046624"),
+    ("dev/astronomy_dev.csv", 1_943, "bb03eca519a3fbc04017dc4783635763ac928f0811ce6243dbcbf0d526dbe1e3"),
+    ("dev/high_school_computer_science_dev.csv", 2_809,
+     "5de3800dfbbfaa89050413a765deaf774fdb0611e370951383fb50fac774663e"),
+    ("dev/high_school_geography_dev.csv", 1_268, "e43fc27b9fa8b808773a2871007b39e012a1cc1ec902f85d85cc9c27cc12883d"),
+    ("dev/machine_learning_dev.csv", 2_197, "e4b1b09985dbdc499d51a2a2e83d93ae05bfe72ea7407c18e3aa3d2ab9ce7517"),
+    ("val/abstract_algebra_val.csv", 1_791, "ab0c6d19c4523969ec7b553ed49adecdb9cc00decc76c26c56c42ba198d8047c"),
+    ("val/astronomy_val.csv", 4_615, "3dbe51f827890dd079e04c8ab024c5a2a7829033cd16913744af99f7b3a46328"),
+    ("val/high_school_computer_science_val.csv", 3_148,
+     "5e40b8773655e59293ecf6a3e60346f3dc23273a808e64a9cd415b8dd2d55381"),
+    ("val/high_school_geography_val.csv", 3_778, "94444fda55747826967db7d9eb4a977edc34a64c0cdf2a8e865c382a8610d96b"),
+    ("val/machine_learning_val.csv", 2_983, "23ea00a670424f7f7f54c3d32a04f470983234ffa7c6356eab8f4f7c6150fce4"),
+    ("test/abstract_algebra_test.csv", 17_358, "4be89c0fb1d2419722e88880f6da3da95750367185ecd36f6492a6f74785cf64"),
+    ("test/astronomy_test.csv", 42_999, "87c9c3cb5a55395c70dd9ed521dd7d2629fd4ff236c5ab647102e007f52a9341"),
+    ("test/high_school_computer_science_test.csv", 42_281,
+     "63806168fb0e5a72fe5bfb880f19816d8997e28d3f312c6b1831f4d40f432059"),
+    ("test/high_school_geography_test.csv", 37_386,
+     "c6acdaa9d94c88cdefb9dd569e376733d9ba670c07db12cdff36ccdc18c2ab0c"),
+    ("test/machine_learning_test.csv", 31_698, "05984b90f887a7da12b3dd8e41e6c34fa856b2c939ea3124975d90910ceb2af0"),
+]
 
 DATASETS: dict[str, DataFile] = {
     f.name: f
@@ -96,6 +120,11 @@ DATASETS: dict[str, DataFile] = {
             "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
             1_115_394,
             source="Tiny Shakespeare from karpathy/char-rnn, public domain text",
+        ),
+        *(
+            DataFile(f"mmlu/{file}", _MMLU_TAR, sha256, size, archive_member=f"data/{file}",
+                     source="MMLU (Hendrycks et al., ICLR 2021), MIT licence")
+            for file, size, sha256 in _MMLU_FILES
         ),
     ]
 }
@@ -173,17 +202,52 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float = DOWNLOAD_TIM
     return dest
 
 
-def _fetch(entry: DataFile, dest: Path) -> None:
+def _read_member(archive: Path, member: str, url: str) -> bytes:
+    """The bytes of ``member`` in a zip or tar archive (any compression tarfile reads)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            if member in zf.namelist():
+                return zf.read(member)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            names = set(tf.getnames())
+            for name in (member, f"./{member}"):  # `tar -cf x.tar ./data` stores names as ./data/...
+                if name in names and (f := tf.extractfile(name)) is not None:
+                    return f.read()
+    else:
+        raise DataIntegrityError(f"{url} is neither a zip nor a tar archive")
+    raise KeyError(f"{url} holds no file {member!r}")
+
+
+def _write_atomically(data: bytes, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp_name, dest)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _fetch(entry: DataFile, root: Path) -> None:
+    """Download ``entry`` to ``root / entry.name``; from an archive, extract it and its missing siblings.
+
+    One download of a large archive (MMLU's holds 57 subjects) then serves
+    every file the book takes from it; the archive itself is not kept.
+    """
     if entry.archive_member is None:
-        download(entry.url, dest, desc=entry.name)
+        download(entry.url, root / entry.name, desc=entry.name)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        archive = download(entry.url, Path(tmp) / "archive.zip", desc=entry.name)
-        with zipfile.ZipFile(archive) as zf, zf.open(entry.archive_member) as member:
-            buffer = io.BytesIO(member.read())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest, "wb") as out:
-            shutil.copyfileobj(buffer, out)
+        archive = download(entry.url, Path(tmp) / "archive", desc=Path(entry.url).name)
+        _write_atomically(_read_member(archive, entry.archive_member, entry.url), root / entry.name)
+        for other in DATASETS.values():
+            if (other.url == entry.url and other.archive_member is not None
+                    and not (root / other.name).is_file()):
+                with contextlib.suppress(KeyError):  # a sibling that is missing fails when it is asked for
+                    _write_atomically(_read_member(archive, other.archive_member, entry.url), root / other.name)
 
 
 def data_path(name: str) -> Path:
@@ -200,7 +264,7 @@ def data_path(name: str) -> Path:
     else:
         path = cache_dir() / name
         if not path.is_file():
-            _fetch(entry, path)
+            _fetch(entry, cache_dir())
     _verify(path, entry)
     return path
 

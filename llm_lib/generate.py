@@ -1,4 +1,4 @@
-"""Turning next-token logits into text (chapters 25, 29, 30)."""
+"""Turning next-token logits into text (chapters 25, 29, 30), optionally with a KV cache (chapter 35)."""
 
 from __future__ import annotations
 
@@ -36,15 +36,48 @@ def _last_logits(model, idx: torch.Tensor, context_size: int) -> torch.Tensor:
     return model(idx[:, -context_size:])[:, -1, :]
 
 
+class _NextLogits:
+    """Last-position logits ``(b, vocab)`` of a growing sequence, with or without a KV cache.
+
+    With the cache, the first call runs the whole prompt and later calls run only
+    the newest token. Once the sequence is longer than the cache's room
+    (``context_size``, at most the model's context length), the window of the last
+    ``context_size`` tokens slides and every position embedding shifts, so each
+    step recomputes that window exactly as the uncached path does. Either way the
+    logits are those of ``model(idx[:, -context_size:])[:, -1]``.
+    """
+
+    def __init__(self, model, context_size: int, use_cache: bool):
+        self.model, self.context_size, self.cache = model, context_size, None
+        if use_cache:
+            if not hasattr(model, "new_kv_cache"):
+                raise TypeError(f"use_cache=True needs a model with a KV cache (llm_lib's GPTModel), "
+                                f"got {type(model).__name__}")
+            self.cache = model.new_kv_cache(min(context_size, model.cfg.context_length))
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        cache = self.cache
+        if cache is None or idx.shape[1] > cache.max_tokens:
+            return _last_logits(self.model, idx, self.context_size)
+        if cache.length != idx.shape[1] - 1:  # first call (or an unexpected jump): run it all
+            cache.reset()
+            return self.model(idx, kv_cache=cache)[:, -1, :]
+        return self.model(idx[:, -1:], kv_cache=cache)[:, -1, :]
+
+
 @torch.no_grad()
 def generate_text_simple(model, idx: torch.Tensor, max_new_tokens: int,
-                         context_size: int) -> torch.Tensor:
-    """Greedy decoding: append the most likely next token ``max_new_tokens`` times; ``(b, T) -> (b, T+n)``."""
+                         context_size: int, use_cache: bool = False) -> torch.Tensor:
+    """Greedy decoding: append the most likely next token ``max_new_tokens`` times; ``(b, T) -> (b, T+n)``.
+
+    ``use_cache=True`` keeps earlier tokens' keys and values (same tokens, faster).
+    """
     was_training = model.training
     model.eval()
     try:
+        next_logits = _NextLogits(model, context_size, use_cache)
         for _ in range(max_new_tokens):
-            next_id = _last_logits(model, idx, context_size).argmax(dim=-1, keepdim=True)
+            next_id = next_logits(idx).argmax(dim=-1, keepdim=True)
             idx = torch.cat([idx, next_id], dim=1)
     finally:
         model.train(was_training)
@@ -78,21 +111,25 @@ def next_token_probabilities(logits: torch.Tensor, temperature: float = 1.0,
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
              temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, use_cache: bool = False) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens after ``idx`` ``(b, T)`` with temperature and top-k sampling.
 
     ``temperature=0`` is greedy decoding; ``top_k`` keeps only the k most likely
     tokens before sampling. Generation stops early once every sequence has
     produced ``eos_id``; for a single sequence the ``eos_id`` token itself is not
     appended, and in a batch, sequences that finished early are padded with it.
+    ``use_cache=True`` keeps earlier tokens' keys and values in a ``KVCache``:
+    the same tokens (up to float rounding), each step costing one token instead
+    of the whole window while the sequence fits in ``context_size``.
     """
     _check_sampling_args(temperature, top_k)
     was_training = model.training
     model.eval()
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     try:
+        next_logits = _NextLogits(model, context_size, use_cache)
         for _ in range(max_new_tokens):
-            logits = _last_logits(model, idx, context_size)
+            logits = next_logits(idx)
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)  # top-k cannot change the argmax
             else:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .attention import MultiHeadAttention
+from .attention import LayerKVCache, MultiHeadAttention
 
 __all__ = ["LayerNorm", "GELU", "FeedForward", "TransformerBlock"]
 
@@ -53,6 +53,7 @@ class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + drop(att(norm1(x))), then + drop(ff(norm2(x))); ``(b, T, emb_dim)`` kept.
 
     ``cfg`` is a ``GPTConfig`` (or anything with its attribute names).
+    ``forward_with_cache`` is the same computation with a KV cache for the attention.
     """
 
     def __init__(self, cfg):
@@ -69,5 +70,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+    def forward_with_cache(self, x: torch.Tensor, kv_cache: LayerKVCache) -> torch.Tensor:
+        """``forward`` for tokens ``(b, T_new, emb_dim)`` that follow those in ``kv_cache`` (chapter 35)."""
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x

@@ -1,16 +1,33 @@
-"""GPT-2 as a PyTorch module (chapters 19 and 24)."""
+"""GPT-2 as a PyTorch module (chapters 19 and 24), with the switches of the fast path (chapter 35).
+
+Every switch is off by default, and each computes the same function as the
+teaching path: ``fused_attention`` (PyTorch's attention kernel),
+``tie_weights`` (one matrix for the token embedding and the output head),
+``vocab_pad_multiple`` (embedding and head rows padded to a round number, the
+logits trimmed back), and a ``KVCache`` for generation.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .attention import LayerKVCache
 from .layers import LayerNorm, TransformerBlock
 
-__all__ = ["GPTConfig", "GPTModel", "count_parameters", "load_state_dict_checked", "GPT2_SIZES"]
+__all__ = [
+    "GPTConfig",
+    "GPTModel",
+    "KVCache",
+    "count_parameters",
+    "init_gpt2_weights",
+    "load_state_dict_checked",
+    "GPT2_SIZES",
+]
 
 # (emb_dim, n_heads, n_layers) of OpenAI's four released GPT-2 models.
 GPT2_SIZES = {
@@ -34,9 +51,10 @@ class GPTConfig:
     qkv_bias: bool = False       # OpenAI's checkpoints have these biases; we start without
     fused_attention: bool = False  # True: F.scaled_dot_product_attention instead of the explicit path
     tie_weights: bool = False    # True: the output head shares the token-embedding matrix
+    vocab_pad_multiple: int = 1  # e.g. 64: embedding and head get padded_vocab_size rows (50,304 for GPT-2)
 
     def __post_init__(self):
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "vocab_pad_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.emb_dim % self.n_heads:
@@ -54,14 +72,23 @@ class GPTConfig:
         emb_dim, n_heads, n_layers = GPT2_SIZES[size]
         return cls(emb_dim=emb_dim, n_heads=n_heads, n_layers=n_layers, **overrides)
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """``vocab_size`` rounded up to a multiple of ``vocab_pad_multiple`` (rows of tok_emb and out_head)."""
+        m = self.vocab_pad_multiple
+        return -(-self.vocab_size // m) * m
+
     def replace(self, **changes) -> GPTConfig:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
     def num_parameters(self, tied: bool | None = None) -> int:
-        """Closed-form parameter count of ``GPTModel(self)``; ``tied`` counts the output head once."""
+        """Closed-form parameter count of ``GPTModel(self)``; ``tied`` counts the output head once.
+
+        Padding rows (``vocab_pad_multiple``) are counted: they are parameters of the model.
+        """
         tied = self.tie_weights if tied is None else tied
-        d, v = self.emb_dim, self.vocab_size
+        d, v = self.emb_dim, self.padded_vocab_size
         attention = 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d
         feed_forward = d * 4 * d + 4 * d + 4 * d * d + d
         block = attention + feed_forward + 2 * 2 * d  # two LayerNorms: scale and shift
@@ -70,23 +97,94 @@ class GPTConfig:
         return embeddings + self.n_layers * block + 2 * d + head
 
 
+class KVCache:
+    """The keys and values of the tokens a ``GPTModel`` has seen: one ``LayerKVCache`` per block (chapter 35).
+
+    ``model(ids, kv_cache=cache)`` treats ``ids`` as the tokens that follow the
+    ``cache.length`` cached ones (their positions continue from there) and
+    appends their keys and values. At most ``max_tokens`` tokens fit.
+    """
+
+    def __init__(self, n_layers: int, max_tokens: int):
+        self.layers = [LayerKVCache(max_tokens) for _ in range(n_layers)]
+        self.max_tokens = max_tokens
+
+    @property
+    def length(self) -> int:
+        """Number of tokens cached so far."""
+        return self.layers[0].length
+
+    def reset(self) -> None:
+        """Forget every cached token."""
+        for layer in self.layers:
+            layer.reset()
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 class GPTModel(nn.Module):
-    """GPT-2: token ids ``(batch, tokens)`` -> next-token logits ``(batch, tokens, vocab_size)``."""
+    """GPT-2: token ids ``(batch, tokens)`` -> next-token logits ``(batch, tokens, vocab_size)``.
+
+    With ``cfg.vocab_pad_multiple`` > 1 the embedding and the head have
+    ``cfg.padded_vocab_size`` rows, the logits are trimmed to ``vocab_size``
+    (a view), and ``state_dict()`` holds only the real rows, so checkpoints are
+    the same with or without padding.
+    """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = LayerNorm(cfg.emb_dim)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
+        if cfg.padded_vocab_size != cfg.vocab_size:
+            with torch.no_grad():  # padding rows: never looked up, their logits are cut off
+                self.tok_emb.weight[cfg.vocab_size:].zero_()
+                self.out_head.weight[cfg.vocab_size:].zero_()
+            self._register_padding_hooks()
 
-    def check_input(self, in_idx: torch.Tensor) -> None:
-        """Raise a clear error if ``in_idx`` is not a ``(batch, tokens)`` tensor of valid ids."""
+    # --- vocabulary padding: checkpoints hold vocab_size rows -------------------------------
+
+    _VOCAB_ROWS = ("tok_emb.weight", "out_head.weight")
+
+    def _register_padding_hooks(self) -> None:
+        post = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
+        post(GPTModel._trim_padding_rows)
+        pre = getattr(self, "register_load_state_dict_pre_hook", None)
+        if pre is not None:
+            pre(GPTModel._add_padding_rows)
+        else:  # torch < 2.5
+            self._register_load_state_dict_pre_hook(GPTModel._add_padding_rows, with_module=True)
+
+    @staticmethod
+    def _trim_padding_rows(module, state_dict, prefix, local_metadata) -> None:
+        for name in GPTModel._VOCAB_ROWS:
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + name][:module.cfg.vocab_size]
+
+    @staticmethod
+    def _add_padding_rows(module, state_dict, prefix, *args) -> None:
+        v, padded = module.cfg.vocab_size, module.cfg.padded_vocab_size
+        for name in GPTModel._VOCAB_ROWS:
+            t = state_dict.get(prefix + name)
+            if t is not None and t.dim() == 2 and t.shape[0] == v:
+                state_dict[prefix + name] = torch.cat([t, t.new_zeros(padded - v, t.shape[1])])
+
+    # --- forward -------------------------------------------------------------------------------
+
+    def check_input(self, in_idx: torch.Tensor, start_pos: int = 0) -> None:
+        """Raise a clear error if ``in_idx`` is not a ``(batch, tokens)`` tensor of valid ids.
+
+        ``start_pos`` is the number of tokens already in a KV cache before these.
+        """
         if in_idx.dim() != 2:
             raise ValueError(
                 f"expected token ids of shape (batch, tokens), got {tuple(in_idx.shape)}; "
@@ -95,23 +193,38 @@ class GPTModel(nn.Module):
         if in_idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"token ids must be integers, got {in_idx.dtype}")
         num_tokens = in_idx.shape[1]
-        if num_tokens > self.cfg.context_length:
+        if start_pos + num_tokens > self.cfg.context_length:
+            if start_pos:
+                raise ValueError(
+                    f"the KV cache holds {start_pos} tokens and the input adds {num_tokens}, more than "
+                    f"the model's context_length of {self.cfg.context_length}; start a new cache "
+                    f"with the last tokens"
+                )
             raise ValueError(
                 f"input has {num_tokens} tokens but the model's context_length is "
                 f"{self.cfg.context_length}; keep only the last {self.cfg.context_length} tokens"
             )
-        if in_idx.numel() and (in_idx.min() < 0 or in_idx.max() >= self.cfg.vocab_size):
+        # Reading min/max waits for the device and breaks a torch.compile graph; compiled code skips it.
+        if in_idx.numel() and not _is_compiling() and (in_idx.min() < 0 or in_idx.max() >= self.cfg.vocab_size):
             bad = in_idx.max().item() if in_idx.max() >= self.cfg.vocab_size else in_idx.min().item()
             raise ValueError(
                 f"token id {bad} is outside the vocabulary: ids must lie in "
                 f"[0, {self.cfg.vocab_size}) for vocab_size={self.cfg.vocab_size}"
             )
 
-    def embed(self, in_idx: torch.Tensor) -> torch.Tensor:
-        """Token plus position embeddings ``(batch, tokens, emb_dim)``, before dropout."""
-        self.check_input(in_idx)
-        positions = torch.arange(in_idx.shape[1], device=in_idx.device)
+    def embed(self, in_idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """Token plus position embeddings ``(batch, tokens, emb_dim)``, before dropout; positions from ``start_pos``."""
+        self.check_input(in_idx, start_pos)
+        positions = torch.arange(start_pos, start_pos + in_idx.shape[1], device=in_idx.device)
         return self.tok_emb(in_idx) + self.pos_emb(positions)
+
+    def new_kv_cache(self, max_tokens: int | None = None) -> KVCache:
+        """An empty ``KVCache`` for this model, with room for ``max_tokens`` (default: the context length)."""
+        max_tokens = self.cfg.context_length if max_tokens is None else max_tokens
+        if not 1 <= max_tokens <= self.cfg.context_length:
+            raise ValueError(f"max_tokens must lie in [1, context_length={self.cfg.context_length}], "
+                             f"got {max_tokens}")
+        return KVCache(self.cfg.n_layers, max_tokens)
 
     @torch.no_grad()
     def attention_weights(self, in_idx: torch.Tensor) -> torch.Tensor:
@@ -128,11 +241,50 @@ class GPTModel(nn.Module):
             self.train(was_training)
         return torch.stack(weights)
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
-        x = self.drop_emb(self.embed(in_idx))
-        x = self.trf_blocks(x)
+    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        start_pos = 0 if kv_cache is None else kv_cache.length
+        x = self.drop_emb(self.embed(in_idx, start_pos))
+        if kv_cache is None:
+            x = self.trf_blocks(x)
+        else:
+            if len(kv_cache.layers) != len(self.trf_blocks):
+                raise ValueError(f"the KV cache has {len(kv_cache.layers)} layers but the model has "
+                                 f"n_layers={len(self.trf_blocks)}; make it with model.new_kv_cache()")
+            for block, layer_cache in zip(self.trf_blocks, kv_cache.layers, strict=True):
+                x = block.forward_with_cache(x, layer_cache)
         x = self.final_norm(x)
-        return self.out_head(x)
+        logits = self.out_head(x)
+        if self.cfg.padded_vocab_size != self.cfg.vocab_size:
+            logits = logits[..., :self.cfg.vocab_size]  # padding ids are never predicted
+        return logits
+
+
+@torch.no_grad()
+def init_gpt2_weights(model: GPTModel, std: float = 0.02) -> GPTModel:
+    """GPT-2's initialisation, in place: weights N(0, std²), the two residual projections std/√(2·n_layers), biases 0.
+
+    PyTorch's defaults give ``nn.Embedding`` rows of variance 1: an output head
+    tied to them (``tie_weights=True``) starts with logits of size about
+    √emb_dim, and a loss far above ln(vocab_size). Radford et al. (2019) scale
+    the projections that add into the residual stream by 1/√N for N of them.
+    Returns the model.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, LayerNorm):
+            nn.init.ones_(module.scale)
+            nn.init.zeros_(module.shift)
+    residual_std = std / math.sqrt(2 * len(model.trf_blocks))
+    for block in model.trf_blocks:
+        nn.init.normal_(block.att.out_proj.weight, mean=0.0, std=residual_std)
+        nn.init.normal_(block.ff.layers[2].weight, mean=0.0, std=residual_std)
+    vocab = model.cfg.vocab_size
+    model.tok_emb.weight[vocab:].zero_()  # padding rows, if any
+    model.out_head.weight[vocab:].zero_()
+    return model
 
 
 def count_parameters(model: nn.Module, tied: bool = False) -> int:
@@ -147,7 +299,11 @@ def count_parameters(model: nn.Module, tied: bool = False) -> int:
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
-    """``model.load_state_dict`` that names the parameter when a key is missing, extra or the wrong shape."""
+    """``model.load_state_dict`` that names the parameter when a key is missing, extra or the wrong shape.
+
+    A model whose output head is tied to its token embedding refuses a checkpoint
+    in which the two matrices differ (loading would silently keep only one).
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -162,4 +318,12 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str = "c
                 f"{source} has {key} of shape {tuple(tensor.shape)}, but the model's {key} "
                 f"has shape {tuple(expected[key].shape)}; was it saved from a different configuration?"
             )
+    tied = getattr(getattr(model, "out_head", None), "weight", None)
+    if (tied is not None and tied is getattr(getattr(model, "tok_emb", None), "weight", None)
+            and "out_head.weight" in state_dict and "tok_emb.weight" in state_dict
+            and not torch.equal(state_dict["out_head.weight"], state_dict["tok_emb.weight"])):
+        raise ValueError(
+            f"{source} has an out_head.weight that differs from its tok_emb.weight, but the model ties "
+            f"the two (tie_weights=True); build the model with tie_weights=False to load it"
+        )
     model.load_state_dict(state_dict)

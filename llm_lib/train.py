@@ -1,4 +1,4 @@
-"""Loss, evaluation, the pretraining loop and checkpoints (chapters 26-28)."""
+"""Loss, evaluation, the pretraining loop and checkpoints (chapters 26-28); the fast path (35) and DDP (36)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ __all__ = [
     "pretrain",
     "checkpoint_path",
     "load_or_pretrain",
+    "TrainOptions",
+    "default_autocast_dtype",
+    "autocast_context",
+    "make_optimizer",
+    "unwrap_model",
+    "train_step",
+    "train_model",
+    "DistributedInfo",
+    "init_distributed",
+    "destroy_distributed",
+    "distributed_dataloader",
+    "weights_digest",
 ]
 
 
@@ -312,3 +324,300 @@ def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progres
         raise ValueError(f"{path} was not written by this recipe; delete it to retrain")
     model.eval()
     return model, metadata["history"]
+
+
+# ----------------------------------------------------------------------------------
+# The fast training path (chapter 35) and training on several processes (chapter 36)
+# ----------------------------------------------------------------------------------
+
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Switches of ``train_step`` / ``train_model``; the defaults are chapter 28's teaching path.
+
+    ``autocast_dtype``: run the forward pass and the loss under ``torch.autocast`` in
+    ``torch.bfloat16`` (or ``torch.float16``, with a gradient scaler); the weights and the
+    optimizer stay in float32. ``compile``: train a ``torch.compile`` version of the model.
+    ``grad_clip``: clip the global gradient norm to this value before each step.
+    ``grad_accum_steps``: split every batch into this many equal micro-batches and add up
+    their gradients before one optimizer step (same result, less memory).
+    """
+
+    autocast_dtype: torch.dtype | None = None
+    compile: bool = False
+    grad_clip: float | None = None
+    grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        if self.autocast_dtype is not None and self.autocast_dtype not in _AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, "
+                             f"got {self.autocast_dtype}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be a positive norm or None, got {self.grad_clip}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be at least 1, got {self.grad_accum_steps}")
+
+
+def default_autocast_dtype(device="cpu") -> torch.dtype | None:
+    """The mixed-precision dtype worth using on ``device``: bfloat16 on GPUs that have it, float16 on older
+    CUDA GPUs, None (plain float32) on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_context(device="cpu", dtype: torch.dtype | None = None):
+    """``torch.autocast`` for ``device`` in ``dtype``, or a context that changes nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def make_optimizer(model, lr: float = 4e-4, weight_decay: float = 0.1, fused: bool = False,
+                   betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW over all of ``model``'s parameters (chapter 28's optimizer).
+
+    ``fused=True`` asks PyTorch for its fused kernel, which updates every
+    parameter in one pass per step instead of one small loop per tensor; the
+    numbers are the same up to rounding.
+    """
+    kwargs = {"fused": True} if fused else {}
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, **kwargs)
+    except RuntimeError as err:
+        if not fused:
+            raise
+        kinds = sorted({f"{p.dtype} on {p.device.type}" for p in model.parameters()})
+        raise ValueError(f"fused AdamW is not available for parameters of {', '.join(kinds)} in torch "
+                         f"{torch.__version__} ({err}); use fused=False") from err
+
+
+def unwrap_model(model):
+    """The plain model inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (itself if none)."""
+    while True:
+        if hasattr(model, "_orig_mod"):      # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif _is_ddp(model):
+            model = model.module
+        else:
+            return model
+
+
+def _is_ddp(model) -> bool:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return isinstance(model, DistributedDataParallel)
+
+
+def train_step(model, optimizer, input_batch: torch.Tensor, target_batch: torch.Tensor, device="cpu",
+               options: TrainOptions | None = None, scaler=None) -> float:
+    """One optimizer step on a batch ``(batch, tokens)``; returns its mean training loss.
+
+    Forward pass and loss under autocast (``options.autocast_dtype``), backward
+    pass per micro-batch (``options.grad_accum_steps``; inside
+    DistributedDataParallel the gradients are only averaged across processes
+    after the last one), optional gradient clipping, then the update. A
+    ``torch.amp.GradScaler`` in ``scaler`` scales the float16 loss.
+    """
+    options = options or TrainOptions()
+    n = options.grad_accum_steps
+    if input_batch.shape[0] % n:
+        raise ValueError(f"a batch of {input_batch.shape[0]} sequences does not split into "
+                         f"grad_accum_steps={n} equal micro-batches; make the batch size a multiple of {n}")
+    micro = input_batch.shape[0] // n
+    inner = model._orig_mod if hasattr(model, "_orig_mod") else model
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, (x, y) in enumerate(zip(input_batch.split(micro), target_batch.split(micro), strict=True)):
+        last = i == n - 1
+        skip_sync = inner.no_sync() if (not last and _is_ddp(inner)) else contextlib.nullcontext()
+        with skip_sync:
+            with autocast_context(device, options.autocast_dtype):
+                loss = calc_loss_batch(x, y, model, device)
+                if n > 1:
+                    loss = loss / n
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.detach().float()
+    if options.grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return float(total)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_over_ranks(values: list[float], device) -> list[float]:
+    """Average numbers over all processes of the group (unchanged in a single process)."""
+    import torch.distributed as dist
+
+    _, world = _rank_and_world()
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t / world).tolist()
+
+
+def train_model(model, train_loader, val_loader, optimizer, device="cpu", num_epochs: int = 1,
+                eval_freq: int = 5, eval_iter: int = 5, options: TrainOptions | None = None,
+                start_context: str | None = None, tokenizer=None, progress: bool = True,
+                sample_tokens: int = 50, max_steps: int | None = None):
+    """``train_model_simple`` with the switches of ``options``, on one process or several.
+
+    Returns ``(train_losses, val_losses, tokens_seen)``; with default options in
+    one process the numbers are exactly ``train_model_simple``'s. When a
+    ``torch.distributed`` process group is initialised (``model`` wrapped in
+    DistributedDataParallel, ``train_loader`` built on a DistributedSampler), it
+    calls the sampler's ``set_epoch`` every epoch, averages the evaluated losses
+    over all ranks, counts the tokens of all ranks, and only rank 0 prints, shows
+    the progress bar and samples text. ``max_steps`` stops after that many steps.
+    """
+    from tqdm import tqdm
+
+    options = options or TrainOptions()
+    rank, world = _rank_and_world()
+    is_main = rank == 0
+    inner = unwrap_model(model)
+    step_model = torch.compile(model) if options.compile else model
+    scaler = None
+    if options.autocast_dtype == torch.float16:
+        scaler = torch.amp.GradScaler(torch.device(device).type)
+    total_steps = num_epochs * len(train_loader)
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+
+    train_losses, val_losses, track_tokens_seen = [], [], []
+    tokens_seen, global_step = 0, -1
+    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not (progress and is_main),
+               file=sys.stderr, leave=False)
+    for epoch in range(num_epochs):
+        if global_step + 1 >= total_steps:
+            break
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every rank
+        model.train()
+        for input_batch, target_batch in train_loader:
+            if global_step + 1 >= total_steps:
+                break
+            train_step(step_model, optimizer, input_batch, target_batch, device, options, scaler)
+            tokens_seen += input_batch.numel() * world
+            global_step += 1
+            bar.update(1)
+            if global_step % eval_freq == 0:
+                with autocast_context(device, options.autocast_dtype):
+                    losses = evaluate_model(inner, train_loader, val_loader, device, eval_iter)
+                train_loss, val_loss = _mean_over_ranks(list(losses), device)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                track_tokens_seen.append(tokens_seen)
+                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+                if is_main:
+                    print(f"Ep {epoch + 1} (step {global_step:06d}): "
+                          f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
+        if start_context is not None and tokenizer is not None and is_main:
+            generate_and_print_sample(inner, tokenizer, device, start_context, sample_tokens)
+    bar.close()
+    return train_losses, val_losses, track_tokens_seen
+
+
+@dataclass(frozen=True)
+class DistributedInfo:
+    """Where this process sits: its rank among ``world_size`` processes, its GPU (``local_rank``) and device."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that prints and saves."""
+        return self.rank == 0
+
+
+def init_distributed(backend: str | None = None, device: str | None = None) -> DistributedInfo:
+    """Join the process group that ``torchrun`` describes in RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
+
+    The backend is ``nccl`` when CUDA is there (one GPU per process, picked by
+    LOCAL_RANK) and ``gloo`` on the CPU. Without those variables (a plain
+    ``python`` run) nothing is initialised and this is the only process.
+    """
+    import torch.distributed as dist
+
+    use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistributedInfo(device=torch.device("cuda" if use_cuda else "cpu"))
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if backend == "nccl" and not use_cuda:
+        raise ValueError("the nccl backend needs CUDA GPUs; use backend='gloo' on the CPU")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        this_device = torch.device("cuda", local_rank)
+    else:
+        this_device = torch.device("cpu")
+    dist.init_process_group(backend=backend)
+    return DistributedInfo(rank=dist.get_rank(), local_rank=local_rank, world_size=dist.get_world_size(),
+                           backend=backend, device=this_device)
+
+
+def destroy_distributed() -> None:
+    """Wait for every rank (a barrier), then leave the process group; does nothing in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def distributed_dataloader(dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
+                           drop_last: bool = True, num_replicas: int | None = None,
+                           rank: int | None = None):
+    """A ``DataLoader`` over this rank's share of ``dataset``: batches ``(batch_size, ...)`` from a DistributedSampler.
+
+    The sampler shuffles all indices with ``seed`` (plus the epoch set by
+    ``set_epoch``), the same way on every rank, and rank r keeps every
+    ``num_replicas``-th index starting at r. ``num_replicas`` and ``rank`` default
+    to the initialised process group (1 and 0 without one).
+    """
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    group_rank, group_world = _rank_and_world()
+    num_replicas = group_world if num_replicas is None else num_replicas
+    rank = group_rank if rank is None else rank
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if drop_last and len(dataset) // num_replicas < batch_size:
+        raise ValueError(f"{len(dataset)} examples give each of {num_replicas} ranks only "
+                         f"{len(dataset) // num_replicas}, fewer than batch_size={batch_size}; "
+                         f"use a smaller batch size or fewer processes")
+    sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, shapes, bytes): equal digests mean equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unwrap_model(model).state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

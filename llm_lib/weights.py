@@ -18,19 +18,36 @@ Hugging Face (``transformer.`` optional)   ``GPTModel``
 
 OpenAI stored linear layers as "Conv1D" with weights ``(in, out)``;
 ``nn.Linear`` keeps ``(out, in)``, hence the transposes.
+
+``download_gpt2(size)`` fetches OpenAI's ``model.safetensors`` from the Hugging
+Face hub once (cached), fails within seconds when there is no network, and
+checks that the file holds every tensor of that GPT-2 size with the right shape
+(``verify_gpt2_file``); ``gpt2_from_pretrained(size)`` returns the loaded model.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
 
-from .model import GPT2_SIZES, load_state_dict_checked
+from .data_sources import DataIntegrityError
+from .model import GPT2_SIZES, GPTConfig, GPTModel, load_state_dict_checked
 
-__all__ = ["load_gpt2_weights", "export_gpt2_state_dict", "download_gpt2", "HF_REPOS"]
+__all__ = [
+    "HF_REPOS",
+    "download_gpt2",
+    "export_gpt2_state_dict",
+    "gpt2_from_pretrained",
+    "gpt2_tensor_shapes",
+    "load_gpt2_weights",
+    "verify_gpt2_file",
+]
 
 HF_REPOS = {
     "small": "openai-community/gpt2",
@@ -126,7 +143,12 @@ def load_gpt2_weights(model, state_dict_or_path) -> None:
 
 @torch.no_grad()
 def export_gpt2_state_dict(model, prefix: str = "transformer.") -> dict[str, torch.Tensor]:
-    """The inverse of ``load_gpt2_weights``: ``model``'s weights in the Hugging Face GPT-2 layout."""
+    """The inverse of ``load_gpt2_weights``: ``model``'s weights in the Hugging Face GPT-2 layout.
+
+    A model without query/key/value biases gets zero ``c_attn.bias`` (the layout
+    has them). ``lm_head.weight`` is included only when the output head is not
+    tied to ``tok_emb`` (a tied head is implied by ``wte``, as in the hub's files).
+    """
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     cfg = model.cfg
     out = {
@@ -154,11 +176,100 @@ def export_gpt2_state_dict(model, prefix: str = "transformer.") -> dict[str, tor
         out[h + "mlp.c_proj.weight"] = sd[b + "ff.layers.2.weight"].T
         out[h + "mlp.c_proj.bias"] = sd[b + "ff.layers.2.bias"]
     result = {prefix + k: v.contiguous() for k, v in out.items()}
-    result["lm_head.weight"] = sd["out_head.weight"].contiguous()
+    if model.out_head.weight is not model.tok_emb.weight:
+        result["lm_head.weight"] = sd["out_head.weight"].contiguous()
     return result
 
 
+# ----------------------------------------------------------------------------------
+# What a GPT-2 checkpoint must hold, and checking a file against it
+# ----------------------------------------------------------------------------------
+
+
+def _config_of(size_or_cfg: str | GPTConfig) -> tuple[GPTConfig, str]:
+    """The configuration for a size name (or a given ``GPTConfig``) and words that name it in errors."""
+    if isinstance(size_or_cfg, GPTConfig):
+        c = size_or_cfg
+        return c, (f"a GPT-2 with vocab_size={c.vocab_size}, context_length={c.context_length}, "
+                   f"emb_dim={c.emb_dim}, n_layers={c.n_layers}")
+    if size_or_cfg not in GPT2_SIZES:
+        raise ValueError(f"unknown GPT-2 size {size_or_cfg!r}; choose one of {list(GPT2_SIZES)}")
+    return GPTConfig.gpt2(size_or_cfg), f"GPT-2 {size_or_cfg}"
+
+
+def gpt2_tensor_shapes(size_or_cfg: str | GPTConfig = "small") -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter in a Hugging Face GPT-2 checkpoint (names without ``transformer.``).
+
+    ``size_or_cfg`` is "small", "medium", "large", "xl" or a ``GPTConfig``. The
+    attention always has biases (``c_attn.bias``), as in OpenAI's checkpoints.
+    """
+    cfg, _ = _config_of(size_or_cfg)
+    d, v = cfg.emb_dim, cfg.vocab_size
+    shapes = {"wte.weight": (v, d), "wpe.weight": (cfg.context_length, d)}
+    for i in range(cfg.n_layers):
+        h = f"h.{i}."
+        shapes.update({
+            h + "ln_1.weight": (d,), h + "ln_1.bias": (d,),
+            h + "attn.c_attn.weight": (d, 3 * d), h + "attn.c_attn.bias": (3 * d,),
+            h + "attn.c_proj.weight": (d, d), h + "attn.c_proj.bias": (d,),
+            h + "ln_2.weight": (d,), h + "ln_2.bias": (d,),
+            h + "mlp.c_fc.weight": (d, 4 * d), h + "mlp.c_fc.bias": (4 * d,),
+            h + "mlp.c_proj.weight": (4 * d, d), h + "mlp.c_proj.bias": (d,),
+        })
+    shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
+    return shapes
+
+
+def verify_gpt2_file(path: str | os.PathLike, size_or_cfg: str | GPTConfig = "small") -> Path:
+    """Check that the safetensors file ``path`` holds GPT-2 ``size_or_cfg``: every tensor, with its shape.
+
+    Reads only the file's header (names and shapes), so it is quick even for
+    GPT-2 xl. Raises ``DataIntegrityError`` naming the first missing or
+    mis-shaped tensor, or saying the file is unreadable (truncated, not
+    safetensors). Extra buffers such as ``h.N.attn.bias`` (OpenAI's causal
+    mask) are allowed; extra transformer blocks are not. Returns ``path``.
+    """
+    from safetensors import safe_open
+
+    cfg, label = _config_of(size_or_cfg)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GPT-2 weights at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error type for a bad header
+        raise DataIntegrityError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt: "
+            f"delete it and download it again"
+        ) from None
+    found = {key.removeprefix("transformer."): shape for key, shape in found.items()}
+    expected = gpt2_tensor_shapes(cfg)
+    expected_head = expected["wte.weight"]
+    for name, shape in [*expected.items(), ("lm_head.weight", expected_head)]:
+        if name not in found:
+            if name == "lm_head.weight":
+                continue  # optional: GPT-2's head is tied to wte
+            raise DataIntegrityError(f"{path} is not {label}: it has no tensor {name!r}")
+        if found[name] != shape:
+            raise DataIntegrityError(
+                f"{path} is not {label}: {name} has shape {found[name]}, expected {shape}"
+            )
+    blocks = {int(m.group(1)) for key in found if (m := re.match(r"h\.(\d+)\.", key))}
+    if extra := sorted(blocks - set(range(cfg.n_layers))):
+        raise DataIntegrityError(
+            f"{path} is not {label}: it has a block h.{extra[0]}, but {label} has "
+            f"{cfg.n_layers} blocks (h.0 to h.{cfg.n_layers - 1})"
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------------
+# Downloading OpenAI's checkpoints from the Hugging Face hub
+# ----------------------------------------------------------------------------------
+
 HF_URL = "https://huggingface.co"
+PROBE_TIMEOUT_S = 5.0  # how long to wait for the hub to answer before calling the machine offline
 
 
 def _hub_downloader():
@@ -170,30 +281,132 @@ def _hub_downloader():
     return hf_hub_download
 
 
+def _hub_cached(repo: str, cache_dir) -> Path | None:
+    """The hub's cached ``model.safetensors`` of ``repo``, if huggingface_hub has one, else None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo, "model.safetensors", cache_dir=cache_dir)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return HF_URL
+    return constants.ENDPOINT.rstrip("/")
+
+
+def _check_reachable(site: str, file_url: str, timeout: float | None = None) -> None:
+    """Raise ``ConnectionError`` within ``timeout`` (default ``PROBE_TIMEOUT_S``) seconds unless ``site`` answers.
+
+    The hub's own client retries for about half a minute before giving up; this
+    probe (in a thread, so a hanging DNS lookup cannot stall it) tells an
+    offline machine at once.
+    """
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    outcome: list[BaseException | None] = []
+
+    def probe():
+        request = urllib.request.Request(site + "/", method="HEAD", headers={"User-Agent": "llm_lib"})
+        try:
+            urllib.request.urlopen(request, timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # an error status is still an answer: the network works
+        except Exception as exc:
+            outcome.append(exc)
+            return
+        outcome.append(None)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if outcome and outcome[0] is None:
+        return
+    reason = outcome[0] if outcome else f"no answer within {timeout:g} s"
+    raise ConnectionError(
+        f"could not download {file_url}: {site} cannot be reached ({reason}). This needs a network "
+        f"connection; on an offline machine, copy the file over from one that has it and pass its "
+        f"path to load_gpt2_weights"
+    )
+
+
+def _check_online_allowed(file_url: str) -> None:
+    """Raise ``ConnectionError`` if ``HF_HUB_OFFLINE`` (the hub's own switch) forbids downloads."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}:
+        raise ConnectionError(f"could not download {file_url}: HF_HUB_OFFLINE is set, and the file is "
+                              f"not in the cache")
+
+
+def _check_hub_sha256(path: Path) -> None:
+    """Hash a file just fetched by huggingface_hub: its cache names large files by their SHA-256."""
+    from .data_sources import sha256_of
+
+    blob = path.resolve()
+    if re.fullmatch(r"[0-9a-f]{64}", blob.name) and (actual := sha256_of(blob)) != blob.name:
+        raise DataIntegrityError(
+            f"{path} does not match the SHA-256 the hub gave for it: expected {blob.name}, got "
+            f"{actual}; delete {blob} and download it again"
+        )
+
+
 def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of OpenAI's GPT-2 ``model.safetensors`` for ``size``, downloaded from the Hugging Face hub once.
 
-    Uses ``huggingface_hub`` when installed (it checks the file's SHA-256);
-    otherwise plain HTTPS with the download's size checked. Offline, raises a
-    ``ConnectionError`` that says where to put the file by hand.
+    With ``huggingface_hub`` installed, the file goes to its cache (or
+    ``cache_dir``) with its progress bar, and a fresh download is checked
+    against the SHA-256 the hub gives; otherwise plain HTTPS with a progress bar,
+    the byte count checked against the server's Content-Length. Either way the
+    file's tensor names and shapes must match ``size`` (``verify_gpt2_file``).
+    Offline, or with ``HF_HUB_OFFLINE=1`` and no cached copy, raises
+    ``ConnectionError`` within seconds.
     """
     if size not in HF_REPOS:
         raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {list(GPT2_SIZES)}")
     repo = HF_REPOS[size]
     hf_hub_download = _hub_downloader()
     if hf_hub_download is not None:
-        try:
-            return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir))
-        except Exception as exc:  # the hub raises several types for "no network"
-            raise ConnectionError(
-                f"could not download {repo}/model.safetensors from the Hugging Face hub ({exc}); "
-                f"this needs a network connection"
-            ) from exc
+        path = _hub_cached(repo, cache_dir)
+        if path is None:
+            endpoint = _hub_endpoint()
+            _check_online_allowed(f"{endpoint}/{repo}/resolve/main/model.safetensors")
+            _check_reachable(endpoint, f"{endpoint}/{repo}/resolve/main/model.safetensors")
+            try:
+                path = Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir))
+            except Exception as exc:  # the hub raises several types for "no network"
+                raise ConnectionError(
+                    f"could not download {repo}/model.safetensors from the Hugging Face hub ({exc}); "
+                    f"this needs a network connection"
+                ) from exc
+            _check_hub_sha256(path)
+        return verify_gpt2_file(path, size)
+
     from .data_sources import cache_dir as default_cache_dir
     from .data_sources import download
 
-    dest = Path(cache_dir or default_cache_dir() / "gpt2-weights") / repo / "model.safetensors"
-    if not dest.is_file():
-        download(f"{HF_URL}/{repo}/resolve/main/model.safetensors", dest,
-                 timeout=60, desc=f"{repo} weights")
-    return dest
+    url = f"{HF_URL}/{repo}/resolve/main/model.safetensors"
+    path = Path(cache_dir or default_cache_dir() / "gpt2-weights") / repo / "model.safetensors"
+    if path.is_file():
+        return verify_gpt2_file(path, size)
+    _check_online_allowed(url)
+    _check_reachable(HF_URL, url)
+    download(url, path, timeout=60, desc=f"{repo} weights")  # checks the byte count
+    try:
+        return verify_gpt2_file(path, size)
+    except DataIntegrityError:
+        path.unlink()  # a fresh download that is not GPT-2 `size`: do not keep it
+        raise
+
+
+def gpt2_from_pretrained(size: str = "small", cache_dir: str | os.PathLike | None = None,
+                         **overrides) -> GPTModel:
+    """OpenAI's GPT-2 ``size`` as a ``GPTModel`` in eval mode (qkv_bias=True, context 1024, weights loaded).
+
+    ``overrides`` change other config fields, e.g. ``drop_rate=0.0`` for finetuning.
+    """
+    path = download_gpt2(size, cache_dir)
+    model = GPTModel(GPTConfig.gpt2(size, **{"qkv_bias": True, **overrides}))
+    load_gpt2_weights(model, path)
+    return model.eval()

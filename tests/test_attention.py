@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from llm_lib.attention import (
     CausalAttention,
+    LayerKVCache,
     MultiHeadAttention,
     MultiHeadAttentionWrapper,
     SelfAttentionV1,
@@ -123,3 +124,43 @@ def test_heads_must_divide_d_out():
 def test_too_long_input_names_the_limit(layer):
     with pytest.raises(ValueError, match="context_length=8"):
         layer(torch.randn(1, 9, 4))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_kv_cache_gives_the_full_pass_chunk_by_chunk(fused):
+    torch.manual_seed(5)
+    mha = MultiHeadAttention(16, 16, 12, 0.0, num_heads=4, fused=fused, qkv_bias=True)
+    x = torch.randn(2, 11, 16)
+    cache = LayerKVCache(max_tokens=12)
+    with torch.no_grad():
+        parts = [mha(x[:, a:b], kv_cache=cache) for a, b in [(0, 4), (4, 5), (5, 9), (9, 10), (10, 11)]]
+    assert cache.length == 11 and cache.keys.shape == (2, 4, 12, 4)
+    torch.testing.assert_close(torch.cat(parts, dim=1), mha(x), atol=1e-6, rtol=1e-5)
+    # The cache holds exactly the keys and values of the full pass.
+    torch.testing.assert_close(cache.values[:, :, :11], mha._split_heads(mha.W_value(x)))
+
+
+def test_kv_cache_reset_starts_over():
+    mha = MultiHeadAttention(8, 8, 6, 0.0, num_heads=2).eval()
+    x = torch.randn(1, 5, 8)
+    cache = LayerKVCache(max_tokens=6)
+    with torch.no_grad():
+        mha(torch.randn(1, 3, 8), kv_cache=cache)
+        cache.reset()
+        assert cache.length == 0
+        torch.testing.assert_close(mha(x, kv_cache=cache), mha(x))
+
+
+def test_kv_cache_limits_are_named():
+    mha = MultiHeadAttention(4, 4, 8, 0.0, num_heads=2)
+    with torch.no_grad():
+        cache = LayerKVCache(max_tokens=5)
+        mha(torch.randn(1, 4, 4), kv_cache=cache)
+        with pytest.raises(ValueError, match="holds 4 tokens and has room for max_tokens=5"):
+            mha(torch.randn(1, 2, 4), kv_cache=cache)
+        big = LayerKVCache(max_tokens=20)
+        mha(torch.randn(1, 6, 4), kv_cache=big)
+        with pytest.raises(ValueError, match="3 new tokens after 6 cached ones .* context_length=8"):
+            mha(torch.randn(1, 3, 4), kv_cache=big)
+    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
+        LayerKVCache(0)

@@ -66,3 +66,80 @@ def test_offline_download_gives_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match="LLM_LIB_DATA_DIR"):
         data_path("the-verdict.txt")
     assert not (tmp_path / "llm_lib" / "the-verdict.txt").exists()
+
+
+def test_mmlu_files_are_registered_with_their_archive_members():
+    mmlu = {name: entry for name, entry in DATASETS.items() if name.startswith("mmlu/")}
+    assert len(mmlu) == 15  # five subjects x dev, val, test
+    entry = mmlu["mmlu/test/astronomy_test.csv"]
+    assert entry.url.endswith("/data.tar") and entry.archive_member == "data/test/astronomy_test.csv"
+    assert data_path("mmlu/dev/astronomy_dev.csv").read_text().startswith("You are pushing a truck")
+
+
+def _archive_entries(monkeypatch, url, files):
+    """Register ``files`` ({name: (member, bytes)}) as held by the archive at ``url``; returns the names."""
+    for name, (member, data) in files.items():
+        monkeypatch.setitem(DATASETS, name, data_sources.DataFile(
+            name, url, hashlib.sha256(data).hexdigest(), len(data), archive_member=member))
+    return list(files)
+
+
+def _count_downloads(monkeypatch):
+    calls = []
+
+    def counting(url, dest, **kwargs):
+        calls.append(url)
+        return real_download(url, dest, **kwargs)
+
+    real_download = data_sources.download
+    monkeypatch.setattr(data_sources, "download", counting)
+    return calls
+
+
+@pytest.mark.parametrize("prefix", ["", "./"])
+def test_tar_members_come_from_one_download(tmp_path, monkeypatch, prefix):
+    import tarfile
+
+    files = {"bench/test/a.csv": ("data/test/a.csv", b"question,A,B,C,D,B\n"),
+             "bench/dev/a.csv": ("data/dev/a.csv", b'"two\nlines",1,2,3,4,A\n')}
+    tar_path = tmp_path / "data.tar"
+    with tarfile.open(tar_path, "w") as tf:
+        for member, data in files.values():
+            src = tmp_path / "src" / member
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.write_bytes(data)
+            tf.add(src, arcname=prefix + member)
+    monkeypatch.delenv("LLM_LIB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    names = _archive_entries(monkeypatch, tar_path.as_uri(), files)  # a file:// URL: no network
+    calls = _count_downloads(monkeypatch)
+
+    assert data_path(names[0]).read_bytes() == files[names[0]][1]
+    assert data_path(names[1]).read_bytes() == files[names[1]][1]  # extracted with the first
+    assert len(calls) == 1
+    assert not list((tmp_path / "cache").rglob(".part-*")) and not list((tmp_path / "cache").rglob("*.tar"))
+
+
+def test_zip_member_and_a_missing_member(tmp_path, monkeypatch):
+    import zipfile
+
+    zip_path = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("inner/file.txt", b"hello")
+    monkeypatch.delenv("LLM_LIB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _archive_entries(monkeypatch, zip_path.as_uri(), {"file.txt": ("inner/file.txt", b"hello"),
+                                                      "gone.txt": ("inner/gone.txt", b"?")})
+    assert load_text("file.txt") == "hello"
+    with pytest.raises(KeyError, match="inner/gone.txt"):
+        data_path("gone.txt")
+
+
+def test_an_archive_that_is_neither_zip_nor_tar(tmp_path, monkeypatch):
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"plain bytes, no archive")
+    monkeypatch.delenv("LLM_LIB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _archive_entries(monkeypatch, blob.as_uri(), {"x.txt": ("x.txt", b"x")})
+    with pytest.raises(DataIntegrityError, match="neither a zip nor a tar"):
+        data_path("x.txt")

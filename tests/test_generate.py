@@ -94,3 +94,70 @@ def test_text_round_trip():
     ids = text_to_token_ids("Every effort moves you<|endoftext|>", tok)
     assert ids.shape == (1, 5) and ids[0, -1].item() == 50256
     assert token_ids_to_text(ids, tok) == "Every effort moves you<|endoftext|>"
+
+
+# --- the KV cache (chapter 35): the same tokens as recomputing the whole window -------------------------
+
+
+@pytest.fixture(params=[False, True], ids=["explicit", "fused"])
+def any_model(request):
+    torch.manual_seed(5)
+    return GPTModel(CFG.replace(fused_attention=request.param))
+
+
+def test_cached_greedy_decoding_gives_the_same_tokens(any_model):
+    idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    # 3 + 12 tokens overflow the context of 8: the cached path recomputes the sliding window there.
+    plain = generate_text_simple(any_model, idx, 12, CFG.context_length)
+    cached = generate_text_simple(any_model, idx, 12, CFG.context_length, use_cache=True)
+    assert torch.equal(cached, plain)
+    assert torch.equal(generate(any_model, idx, 12, CFG.context_length, use_cache=True), plain)
+
+
+@pytest.mark.parametrize("context_size", [8, 5])
+def test_cached_seeded_sampling_gives_the_same_tokens(any_model, context_size):
+    idx = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    kwargs = dict(temperature=1.5, top_k=20)
+    plain = generate(any_model, idx, 10, context_size, generator=torch.Generator().manual_seed(3), **kwargs)
+    cached = generate(any_model, idx, 10, context_size, generator=torch.Generator().manual_seed(3),
+                      use_cache=True, **kwargs)
+    assert torch.equal(cached, plain)
+    assert not torch.equal(plain, generate_text_simple(any_model, idx, 10, context_size))  # it did sample
+
+
+def test_cached_generation_stops_at_eos_like_the_uncached_one(model):
+    idx = torch.tensor([[1, 2], [3, 4]])
+    first_new = generate_text_simple(model, idx, 1, CFG.context_length)[0, 2].item()
+    plain = generate(model, idx, 5, CFG.context_length, eos_id=first_new)
+    assert torch.equal(generate(model, idx, 5, CFG.context_length, eos_id=first_new, use_cache=True), plain)
+
+
+def test_padded_vocabulary_generates_the_same_tokens(model):
+    padded = GPTModel(CFG.replace(vocab_pad_multiple=64))
+    padded.load_state_dict(model.state_dict())
+    idx = torch.tensor([[1, 2, 3]])
+    expected = generate(model, idx, 6, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    got = generate(padded, idx, 6, 8, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                   use_cache=True)
+    assert torch.equal(got, expected)
+
+
+def test_use_cache_needs_a_model_with_a_cache():
+    class Plain(torch.nn.Module):
+        def forward(self, idx):
+            return torch.zeros(*idx.shape, 5)
+
+    with pytest.raises(TypeError, match="use_cache=True needs a model with a KV cache"):
+        generate(Plain(), torch.tensor([[1]]), 2, 8, use_cache=True)
+
+
+def test_cache_runs_one_token_per_step_until_the_context_is_full(model):
+    lengths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(args[0].shape[1]),
+                                    with_kwargs=True)
+    generate(model, torch.tensor([[1, 2, 3]]), 8, CFG.context_length, use_cache=True)
+    # prompt of 3, then one token at a time up to 8 tokens, then the sliding window of 8 each step
+    assert lengths == [3, 1, 1, 1, 1, 1, 8, 8]
+    lengths.clear()
+    generate(model, torch.tensor([[1, 2, 3]]), 8, CFG.context_length)
+    assert lengths == [3, 4, 5, 6, 7, 8, 8, 8]

@@ -46,3 +46,15 @@ def test_transformer_block_preserves_shape_and_is_causal():
     y = x.clone()
     y[:, -1] += 1.0
     torch.testing.assert_close(block(y)[:, :-1], out[:, :-1])
+
+
+def test_transformer_block_with_kv_cache_equals_full_pass():
+    from llm_lib.attention import LayerKVCache
+
+    cfg = GPTConfig(vocab_size=10, context_length=8, emb_dim=16, n_heads=4, n_layers=1, drop_rate=0.0)
+    block = TransformerBlock(cfg)
+    x = torch.randn(2, 7, 16)
+    cache = LayerKVCache(8)
+    with torch.no_grad():
+        parts = [block.forward_with_cache(x[:, a:b], cache) for a, b in [(0, 5), (5, 6), (6, 7)]]
+    torch.testing.assert_close(torch.cat(parts, dim=1), block(x), atol=1e-6, rtol=1e-5)

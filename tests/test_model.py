@@ -1,5 +1,7 @@
 """GPTModel against Hugging Face transformers' GPT-2, and its parameter counts."""
 
+import math
+
 import pytest
 import torch
 
@@ -164,3 +166,265 @@ def test_attention_weights_match_transformers():
         ref = hf(ids, output_attentions=True).attentions
     for layer in range(SMALL.n_layers):
         torch.testing.assert_close(weights[layer], ref[layer], atol=1e-5, rtol=1e-4)
+
+
+# --- the fast path's switches (chapter 35): each computes the teaching path's function -----------------
+
+
+def _loss_and_grads(model, ids, targets):
+    """Mean cross-entropy of ``model`` on ``ids`` and the gradient of every named parameter."""
+    model.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_fused_attention_model_equals_teaching_path_forward_and_backward():
+    torch.manual_seed(1)
+    teaching = GPTModel(SMALL).train()  # drop_rate=0: training mode is deterministic
+    fused = GPTModel(SMALL.replace(fused_attention=True)).train()
+    fused.load_state_dict(teaching.state_dict())
+    ids, targets = _ids(), _ids(batch=2, tokens=20).roll(1, dims=1)
+    loss_t, grads_t = _loss_and_grads(teaching, ids, targets)
+    loss_f, grads_f = _loss_and_grads(fused, ids, targets)
+    torch.testing.assert_close(loss_f, loss_t, atol=1e-6, rtol=1e-5)
+    for name, grad in grads_t.items():
+        torch.testing.assert_close(grads_f[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_tied_model_is_the_untied_model_with_a_copied_head():
+    torch.manual_seed(2)
+    tied = GPTModel(SMALL.replace(tie_weights=True))
+    untied = GPTModel(SMALL)
+    untied.load_state_dict(tied.state_dict())  # both keys hold the shared matrix
+    assert torch.equal(untied.out_head.weight, untied.tok_emb.weight)
+    ids, targets = _ids(), _ids(tokens=20).flip(1)
+    loss_tied, grads_tied = _loss_and_grads(tied, ids, targets)
+    loss_untied, grads_untied = _loss_and_grads(untied, ids, targets)
+    torch.testing.assert_close(loss_tied, loss_untied)
+    # The shared matrix collects the gradient of both of its uses.
+    torch.testing.assert_close(grads_tied["tok_emb.weight"],
+                               grads_untied["tok_emb.weight"] + grads_untied["out_head.weight"])
+
+
+def test_tied_model_loads_gpt2_weights_and_matches_transformers():
+    hf = hf_model(tied=True)
+    ours = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    load_gpt2_weights(ours, hf.state_dict())
+    ids = _ids()
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_tied_model_exports_into_a_tied_transformers_model():
+    torch.manual_seed(3)
+    ours = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    hf = hf_model(tied=True)
+    hf.load_state_dict(export_gpt2_state_dict(ours), strict=False)
+    ids = _ids()
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_tied_model_refuses_a_checkpoint_with_a_separate_head():
+    from llm_lib.model import load_state_dict_checked
+
+    untied = GPTModel(SMALL)
+    with pytest.raises(ValueError, match="tie_weights=True"):
+        load_state_dict_checked(GPTModel(SMALL.replace(tie_weights=True)), untied.state_dict())
+
+
+def test_tied_checkpoint_round_trip(tmp_path):
+    from llm_lib.train import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(4)
+    model = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    save_checkpoint(tmp_path / "tied.safetensors", model)
+    loaded = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    load_checkpoint(tmp_path / "tied.safetensors", loaded)
+    assert loaded.out_head.weight is loaded.tok_emb.weight
+    torch.testing.assert_close(loaded(_ids()), model(_ids()))
+
+
+PADDED = SMALL.replace(vocab_pad_multiple=64)  # 97 -> 128 rows
+
+
+def test_padded_vocab_size():
+    assert PADDED.padded_vocab_size == 128
+    assert SMALL.padded_vocab_size == SMALL.vocab_size == 97
+    assert GPTConfig.gpt2("small", vocab_pad_multiple=64).padded_vocab_size == 50304
+    assert GPTConfig(vocab_size=128, vocab_pad_multiple=64).padded_vocab_size == 128
+    with pytest.raises(ValueError, match="vocab_pad_multiple must be at least 1"):
+        GPTConfig(vocab_pad_multiple=0)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_padded_model_equals_unpadded_with_the_real_rows_copied(tie):
+    torch.manual_seed(5)
+    plain = GPTModel(SMALL.replace(tie_weights=tie))
+    padded = GPTModel(PADDED.replace(tie_weights=tie))
+    assert padded.tok_emb.weight.shape == padded.out_head.weight.shape == (128, SMALL.emb_dim)
+    assert count_parameters(padded) == PADDED.replace(tie_weights=tie).num_parameters()
+    with torch.no_grad():
+        for name, p in padded.named_parameters():
+            src = dict(plain.named_parameters())[name]
+            p[:src.shape[0]].copy_(src)  # every tensor: the padding rows keep their values
+    ids, targets = _ids(), _ids(tokens=20).roll(3, dims=1)
+    assert padded(ids).shape == (2, 20, SMALL.vocab_size)  # trimmed: padding ids are never predicted
+    loss_p, grads_p = _loss_and_grads(padded, ids, targets)
+    loss_u, grads_u = _loss_and_grads(plain, ids, targets)
+    torch.testing.assert_close(padded(ids), plain(ids))
+    torch.testing.assert_close(loss_p, loss_u)
+    for name, grad in grads_u.items():
+        torch.testing.assert_close(grads_p[name][:grad.shape[0]], grad, msg=name)
+        assert not grads_p[name][grad.shape[0]:].any()  # padding rows get no gradient
+
+
+def test_padded_state_dict_holds_only_the_real_rows(tmp_path):
+    from llm_lib.train import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(6)
+    padded = GPTModel(PADDED).eval()
+    sd = padded.state_dict()
+    assert sd["tok_emb.weight"].shape == sd["out_head.weight"].shape == (97, SMALL.emb_dim)
+    plain = GPTModel(SMALL).eval()
+    plain.load_state_dict(sd)  # a padded model's checkpoint fits an unpadded model ...
+    torch.testing.assert_close(plain(_ids()), padded(_ids()))
+    again = GPTModel(PADDED).eval()
+    again.load_state_dict(plain.state_dict())  # ... and the other way round
+    torch.testing.assert_close(again(_ids()), padded(_ids()))
+    save_checkpoint(tmp_path / "padded.safetensors", padded)
+    load_checkpoint(tmp_path / "padded.safetensors", again)
+    torch.testing.assert_close(again(_ids()), padded(_ids()))
+
+
+def test_padded_model_loads_gpt2_weights_and_matches_transformers():
+    hf = hf_model()
+    ours = GPTModel(PADDED.replace(tie_weights=True)).eval()
+    load_gpt2_weights(ours, hf.state_dict())
+    ids = _ids()
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < 1e-4
+    exported = export_gpt2_state_dict(ours)
+    assert exported["transformer.wte.weight"].shape == (97, SMALL.emb_dim)
+
+
+def test_padded_model_rejects_padding_ids():
+    ids = torch.full((1, 3), 100)  # a padding row, not a token
+    with pytest.raises(ValueError, match="vocab_size=97"):
+        GPTModel(PADDED)(ids)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_bf16_autocast_stays_close_to_float32(fused):
+    # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%); measured here the logits differ
+    # by ~0.3% (relative norm), the loss by ~0.005% and the gradients by ~0.4%, so the bounds allow ~3x.
+    torch.manual_seed(7)
+    model = GPTModel(SMALL.replace(fused_attention=fused, tie_weights=True, vocab_pad_multiple=64)).train()
+    ids, targets = _ids(), _ids(tokens=20).roll(5, dims=1)
+    logits = model(ids)
+    loss, grads = _loss_and_grads(model, ids, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits_bf16 = model(ids)
+        assert logits_bf16.dtype == torch.bfloat16  # the matrix products really ran in bfloat16
+        loss_bf16, grads_bf16 = _loss_and_grads(model, ids, targets)
+
+    def rel(a, b):
+        return ((a.float() - b).norm() / b.norm()).item()
+
+    assert rel(logits_bf16, logits) < 1e-2
+    assert rel(loss_bf16, loss) < 1e-3
+    flat = torch.cat([g.flatten() for g in grads.values()])
+    flat_bf16 = torch.cat([g.flatten() for g in grads_bf16.values()])
+    assert rel(flat_bf16, flat) < 2e-2
+    assert all(g.dtype == torch.float32 for g in grads_bf16.values())  # weights stay float32
+
+
+def test_fast_model_compiles_as_one_graph():
+    # fullgraph=True fails on any graph break (e.g. reading a tensor's value in Python).
+    torch._dynamo.reset()
+    cfg = SMALL.replace(n_layers=1, fused_attention=True, tie_weights=True, vocab_pad_multiple=64)
+    model = GPTModel(cfg)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    ids = _ids()
+    torch.testing.assert_close(compiled(ids), model(ids))
+    torch._dynamo.reset()
+
+
+def test_gpt2_init_gives_a_tied_model_a_sensible_first_loss():
+    from llm_lib.model import init_gpt2_weights
+
+    cfg = SMALL.replace(tie_weights=True, vocab_pad_multiple=64, n_layers=2)
+    ids, targets = _ids(tokens=20), _ids(tokens=20).roll(1, dims=1)
+    torch.manual_seed(9)
+    model = GPTModel(cfg)
+    default_loss = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
+    init_gpt2_weights(model)
+    loss = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
+    assert default_loss > 2 * math.log(cfg.vocab_size)     # N(0, 1) embedding rows as the head
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.1  # nearly uniform predictions
+    assert model.out_head.weight is model.tok_emb.weight
+    real = model.tok_emb.weight[:cfg.vocab_size]
+    assert abs(real.std().item() - 0.02) < 0.002 and not model.tok_emb.weight[cfg.vocab_size:].any()
+    out_proj = model.trf_blocks[1].att.out_proj
+    assert abs(out_proj.weight.std().item() - 0.02 / 2) < 0.002 and not out_proj.bias.any()
+    assert torch.equal(model.final_norm.scale, torch.ones(cfg.emb_dim))
+
+
+# --- the KV cache (chapter 35) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_kv_cache_in_chunks_equals_one_full_pass(fused):
+    torch.manual_seed(8)
+    model = GPTModel(SMALL.replace(fused_attention=fused)).eval()
+    ids = _ids(batch=3, tokens=20)
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        full = model(ids)
+        # a prompt of 7, three single tokens, then a chunk of 10 after cached tokens
+        chunks = [model(ids[:, a:b], kv_cache=cache) for a, b in [(0, 7), (7, 8), (8, 9), (9, 10), (10, 20)]]
+    assert cache.length == 20
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_matches_transformers_past_key_values():
+    hf = hf_model()
+    ours = GPTModel(SMALL).eval()
+    load_gpt2_weights(ours, hf.state_dict())
+    ids = _ids(batch=2, tokens=12)
+    cache = ours.new_kv_cache()
+    with torch.no_grad():
+        out = hf(ids[:, :9], use_cache=True)
+        past = out.past_key_values
+        torch.testing.assert_close(ours(ids[:, :9], kv_cache=cache), out.logits, atol=1e-4, rtol=1e-4)
+        for t in range(9, 12):
+            step = hf(ids[:, t:t + 1], past_key_values=past, use_cache=True)
+            past = step.past_key_values
+            torch.testing.assert_close(ours(ids[:, t:t + 1], kv_cache=cache), step.logits,
+                                       atol=1e-4, rtol=1e-4)
+
+
+def test_kv_cache_overflow_names_the_limit():
+    model = GPTModel(SMALL).eval()
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 30, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(ValueError, match="KV cache holds 30 tokens .* context_length of 32"):
+            model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
+        small = model.new_kv_cache(max_tokens=4)
+        with pytest.raises(ValueError, match="max_tokens=4"):
+            model(torch.zeros(1, 5, dtype=torch.long), kv_cache=small)
+    with pytest.raises(ValueError, match="context_length=32"):
+        model.new_kv_cache(max_tokens=33)
+
+
+def test_kv_cache_must_fit_the_model():
+    model = GPTModel(SMALL).eval()
+    with pytest.raises(ValueError, match="n_layers=3"):
+        model(torch.zeros(1, 2, dtype=torch.long), kv_cache=GPTModel(SMALL.replace(n_layers=2)).new_kv_cache())
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        model(torch.zeros(2, 2, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(ValueError, match="one cache per batch"):
+            model(torch.zeros(3, 1, dtype=torch.long), kv_cache=cache)

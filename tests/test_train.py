@@ -189,3 +189,205 @@ def test_verbose_run_prints_the_log_and_retrain_trains_again(tmp_path, monkeypat
     assert "loaded the trained weights" in capsys.readouterr().out
     load_or_pretrain(TINY_RECIPE, progress=False, verbose=True, retrain=True)
     assert "train loss" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------
+# The fast path (chapter 35): every switch against the teaching path
+# ----------------------------------------------------------------------------------
+
+from llm_lib.train import (  # noqa: E402
+    TrainOptions,
+    autocast_context,
+    default_autocast_dtype,
+    destroy_distributed,
+    distributed_dataloader,
+    init_distributed,
+    make_optimizer,
+    train_model,
+    train_step,
+    unwrap_model,
+    weights_digest,
+)
+
+SMALL = GPTConfig(vocab_size=500, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0)
+
+
+def small_batch(seed=0, batch=4):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, SMALL.vocab_size, (batch, 16), generator=g),
+            torch.randint(0, SMALL.vocab_size, (batch, 16), generator=g))
+
+
+def sgd_update(model, options=None, step_model=None):
+    """Loss and the change of every weight after one SGD step with lr=1, i.e. minus the gradient."""
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(model if step_model is None else step_model, opt, *small_batch(), options=options)
+    return loss, torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters(), strict=True)])
+
+
+def fresh_small(seed=0):
+    torch.manual_seed(seed)
+    return GPTModel(SMALL)
+
+
+def test_train_model_with_default_options_is_train_model_simple(capsys):
+    text = load_text("the-verdict.txt")[:3000]
+    kw = dict(batch_size=2, max_length=32, stride=32, tokenizer=get_gpt2_encoding())
+    runs = []
+    for loop in (train_model_simple, train_model):
+        torch.manual_seed(123)
+        train = create_dataloader(text[:2500], shuffle=True, drop_last=True, seed=0, **kw)
+        val = create_dataloader(text[2500:], shuffle=False, drop_last=False, **kw)
+        model = GPTModel(TINY)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+        history = loop(model, train, val, opt, "cpu", num_epochs=2, eval_freq=3, eval_iter=2, progress=False)
+        runs.append((history, weights_digest(model), capsys.readouterr().out))
+    assert runs[0] == runs[1]
+    assert runs[0][2].count("train loss") >= 3
+
+
+def test_bf16_autocast_step_is_close_to_float32():
+    loss32, grad32 = sgd_update(fresh_small())
+    loss16, grad16 = sgd_update(fresh_small(), TrainOptions(autocast_dtype=torch.bfloat16))
+    # bfloat16 keeps 8 bits of mantissa (relative rounding 2**-9 ~ 0.002): losses agree to a few 1e-3,
+    # gradients point the same way to within about 1% of their norm.
+    assert abs(loss16 - loss32) < 5e-3 * loss32
+    assert ((grad16 - grad32).norm() / grad32.norm()).item() < 0.02
+    assert F.cosine_similarity(grad16, grad32, dim=0).item() > 0.999
+
+
+def test_float16_autocast_with_gradient_scaler_is_close_to_float32():
+    model = fresh_small()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss16 = train_step(model, opt, *small_batch(), options=TrainOptions(autocast_dtype=torch.float16),
+                        scaler=scaler)
+    grad16 = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters(), strict=True)])
+    loss32, grad32 = sgd_update(fresh_small())
+    assert abs(loss16 - loss32) < 5e-3 * loss32
+    assert ((grad16 - grad32).norm() / grad32.norm()).item() < 0.02   # the scaler divided its factor out
+
+
+def test_autocast_context_is_a_no_op_without_a_dtype():
+    layer = torch.nn.Linear(3, 2)
+    with autocast_context("cpu", None):
+        assert layer(torch.ones(1, 3)).dtype == torch.float32
+    with autocast_context("cpu", torch.bfloat16):
+        assert layer(torch.ones(1, 3)).dtype == torch.bfloat16
+    assert default_autocast_dtype("cpu") is None
+
+
+def test_gradient_accumulation_equals_the_whole_batch():
+    loss1, grad1 = sgd_update(fresh_small())
+    loss2, grad2 = sgd_update(fresh_small(), TrainOptions(grad_accum_steps=2))
+    assert abs(loss2 - loss1) < 1e-5
+    torch.testing.assert_close(grad2, grad1, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        sgd_update(fresh_small(), TrainOptions(grad_accum_steps=3))
+
+
+def test_gradient_clipping_scales_the_update_to_the_norm():
+    _, grad = sgd_update(fresh_small())
+    assert grad.norm() > 0.5
+    _, clipped = sgd_update(fresh_small(), TrainOptions(grad_clip=0.5))
+    torch.testing.assert_close(clipped, grad * (0.5 / grad.norm()), rtol=1e-4, atol=1e-6)
+
+
+def test_options_reject_bad_values():
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        TrainOptions(autocast_dtype=torch.float64)
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainOptions(grad_clip=0.0)
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        TrainOptions(grad_accum_steps=0)
+
+
+def test_make_optimizer_is_chapter_28s_adamw_and_fused_agrees():
+    results = []
+    for fused in (None, False, True):
+        model = fresh_small()
+        opt = (torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1) if fused is None
+               else make_optimizer(model, lr=1e-3, weight_decay=0.1, fused=fused))
+        for step in range(3):
+            train_step(model, opt, *small_batch(step))
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    torch.testing.assert_close(results[2], results[0], rtol=1e-5, atol=1e-6)   # one kernel, other rounding
+
+
+def test_fused_adamw_unavailable_is_a_clear_error(monkeypatch):
+    # torch 2.13 fuses AdamW on the CPU; older builds refuse, which we imitate here.
+    real = torch.optim.AdamW
+
+    def old_torch_adamw(params, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be CUDA, floating point Tensors")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", old_torch_adamw)
+    with pytest.raises(ValueError, match="fused=False"):
+        make_optimizer(fresh_small(), fused=True)
+    assert isinstance(make_optimizer(fresh_small(), fused=False), real)
+
+
+def _compile_works() -> bool:
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2))
+        return True
+    except Exception:  # no C++ compiler, or an unsupported platform
+        return False
+
+
+@pytest.mark.skipif(not _compile_works(), reason="torch.compile needs a working C++ compiler on the CPU")
+def test_compiled_step_equals_eager():
+    # The first compilation on a machine takes tens of seconds (it builds C++ kernels); later runs hit the cache.
+    loss_eager, grad_eager = sgd_update(fresh_small())
+    model = fresh_small()
+    loss_compiled, grad_compiled = sgd_update(model, step_model=torch.compile(model))
+    assert abs(loss_compiled - loss_eager) < 1e-5
+    torch.testing.assert_close(grad_compiled, grad_eager, rtol=1e-4, atol=1e-6)
+    assert unwrap_model(torch.compile(model)) is model
+
+
+def test_train_model_counts_steps_and_tokens_and_stops_at_max_steps(capsys):
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = GPTModel(TINY)
+    opt = make_optimizer(model, lr=1e-3)
+    options = TrainOptions(autocast_dtype=torch.bfloat16, grad_clip=1.0, grad_accum_steps=2)
+    train_losses, val_losses, tokens = train_model(model, train, val, opt, num_epochs=3, eval_freq=2,
+                                                   eval_iter=1, options=options, progress=False, max_steps=5)
+    assert tokens == [4 * 32, 3 * 4 * 32, 5 * 4 * 32]  # steps 0, 2, 4
+    assert len(train_losses) == len(val_losses) == 3
+    assert capsys.readouterr().out.count("train loss") == 3
+
+
+def test_weights_digest_sees_any_change():
+    a, b = fresh_small(), fresh_small()
+    assert weights_digest(a) == weights_digest(b)
+    with torch.no_grad():
+        b.final_norm.shift[0] += 1e-6
+    assert weights_digest(a) != weights_digest(b)
+
+
+def test_distributed_dataloader_splits_one_shuffle_between_ranks():
+    data = torch.utils.data.TensorDataset(torch.arange(12))
+    one = [batch[0].tolist() for batch in distributed_dataloader(data, 4, seed=5, num_replicas=1, rank=0)]
+    ranks = [[batch[0].tolist() for batch in distributed_dataloader(data, 2, seed=5, num_replicas=2, rank=r)]
+             for r in range(2)]
+    # step k: the two ranks' batches of 2 are together the single process's batch of 4
+    for k, whole in enumerate(one):
+        assert sorted(ranks[0][k] + ranks[1][k]) == sorted(whole)
+        assert set(ranks[0][k]).isdisjoint(ranks[1][k])
+    with pytest.raises(ValueError, match="batch_size=4"):
+        distributed_dataloader(data, 4, num_replicas=4, rank=0)
+
+
+def test_without_torchrun_there_is_one_process(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = init_distributed(device="cpu")
+    assert (info.rank, info.world_size, info.is_main, info.backend) == (0, 1, True, None)
+    destroy_distributed()   # nothing to leave: no error
