@@ -30,8 +30,11 @@ from llm_lib.tokenizer import (
 PROPERTY = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
-# Everything but lone surrogates, which no UTF-8 text can hold.
-any_char = st.characters(exclude_categories=("Cs",))
+# Everything but lone surrogates, which no UTF-8 text can hold, and code points that are
+# unassigned in Python's Unicode tables (category Cn): the `regex` module and tiktoken's Rust
+# engine each carry their own Unicode version, and a letter added in a newer version (seen:
+# U+323B0, a letter for regex 2026.11, not for tiktoken) splits differently in the two.
+any_char = st.characters(exclude_categories=("Cs", "Cn"))
 FRAGMENTS = [
     # contractions, in the cases GPT-2's pattern does and does not catch
     "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "'VE", "'Re", "don't", "I'm",
