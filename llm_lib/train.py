@@ -31,6 +31,8 @@ __all__ = [
     "pretrain",
     "checkpoint_path",
     "load_or_pretrain",
+    "load_or_train",
+    "exclusive_lock",
     "TrainOptions",
     "default_autocast_dtype",
     "autocast_context",
@@ -296,6 +298,42 @@ def checkpoint_path(recipe: PretrainRecipe) -> Path:
     return folder / f"{stem}-{recipe.cfg.emb_dim}d{recipe.cfg.n_layers}l-seed{recipe.seed}-{recipe.key()}.safetensors"
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path):
+    """Hold an exclusive lock on ``path`` with the suffix ``.lock``, so parallel callers take turns."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def load_or_train(recipe, train_fn, device="cpu", progress: bool = True, verbose: bool = False,
+                  retrain: bool = False):
+    """The model of ``recipe`` from the checkpoint cache, or ``train_fn(recipe, device, progress=, verbose=)`` now.
+
+    ``train_fn`` returns ``(model, history)``; the result is saved at
+    ``checkpoint_path(recipe)`` with the recipe's key, and a lock file makes
+    concurrent callers (two notebooks run in parallel) wait for one training
+    run instead of each starting their own. Returns ``(model, history)``, the
+    model in eval mode. ``retrain`` trains even if a checkpoint exists.
+    """
+    path = checkpoint_path(recipe)
+    with exclusive_lock(path):
+        if retrain or not path.exists():
+            model, history = train_fn(recipe, device, progress=progress, verbose=verbose)
+            save_checkpoint(path, model, metadata={"recipe_key": recipe.key(), "history": history})
+        elif verbose:
+            print(f"loaded the trained weights from {path.name} (retrain=True trains again)")
+    model = GPTModel(recipe.cfg).to(device)
+    metadata = load_checkpoint(path, model, map_location=device)
+    if metadata.get("recipe_key") != recipe.key():
+        raise ValueError(f"{path} was not written by this recipe; delete it to retrain")
+    model.eval()
+    return model, metadata["history"]
+
+
 def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progress: bool = True,
                      verbose: bool = False, retrain: bool = False):
     """The model trained by ``recipe`` (chapter 28's run by default), loaded from the cache or trained now.
@@ -306,24 +344,7 @@ def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progres
     concurrent callers (two notebooks run in parallel) wait for one training
     run instead of each starting their own.
     """
-    import fcntl
-
-    recipe = recipe or PretrainRecipe()
-    path = checkpoint_path(recipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if retrain or not path.exists():
-            model, history = pretrain(recipe, device, progress=progress, verbose=verbose)
-            save_checkpoint(path, model, metadata={"recipe_key": recipe.key(), "history": history})
-        elif verbose:
-            print(f"loaded the trained weights from {path.name} (retrain=True trains again)")
-    model = GPTModel(recipe.cfg).to(device)
-    metadata = load_checkpoint(path, model, map_location=device)
-    if metadata.get("recipe_key") != recipe.key():
-        raise ValueError(f"{path} was not written by this recipe; delete it to retrain")
-    model.eval()
-    return model, metadata["history"]
+    return load_or_train(recipe or PretrainRecipe(), pretrain, device, progress, verbose, retrain)
 
 
 # ----------------------------------------------------------------------------------

@@ -347,6 +347,6 @@ def test_verbose_and_retrain(tmp_path, monkeypatch, capsys, small_splits):
     load_or_finetune(recipe, progress=False, verbose=True)
     assert "train loss" in capsys.readouterr().out
     load_or_finetune(recipe, progress=False, verbose=True)
-    assert "loaded the finetuned weights" in capsys.readouterr().out
+    assert "loaded the trained weights" in capsys.readouterr().out
     load_or_finetune(recipe, progress=False, verbose=True, retrain=True)
     assert "train loss" in capsys.readouterr().out

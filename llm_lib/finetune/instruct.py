@@ -490,17 +490,6 @@ def finetune(recipe: InstructionRecipe, device="cpu", progress: bool = True, ver
     return model, history
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """Hold an exclusive lock on ``path`` with ``.lock`` as suffix, so parallel callers take turns."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def load_or_finetune(recipe: InstructionRecipe | None = None, device="cpu", progress: bool = True,
                      verbose: bool = False, retrain: bool = False):
     """The model finetuned by ``recipe`` (chapter 33's run by default), loaded from the cache or trained now.
@@ -510,22 +499,9 @@ def load_or_finetune(recipe: InstructionRecipe | None = None, device="cpu", prog
     log when training happens; ``retrain`` trains even if a checkpoint
     exists. A lock file makes concurrent callers wait for one training run.
     """
-    from ..train import checkpoint_path, load_checkpoint, save_checkpoint
+    from ..train import load_or_train
 
-    recipe = recipe or InstructionRecipe()
-    path = checkpoint_path(recipe)
-    with _exclusive(path):
-        if retrain or not path.exists():
-            model, history = finetune(recipe, device, progress=progress, verbose=verbose)
-            save_checkpoint(path, model, metadata={"recipe_key": recipe.key(), "history": history})
-        elif verbose:
-            print(f"loaded the finetuned weights from {path.name} (retrain=True trains again)")
-    model = GPTModel(recipe.cfg).to(device)
-    metadata = load_checkpoint(path, model, map_location=device)
-    if metadata.get("recipe_key") != recipe.key():
-        raise ValueError(f"{path} was not written by this recipe; delete it to retrain")
-    model.eval()
-    return model, metadata["history"]
+    return load_or_train(recipe or InstructionRecipe(), finetune, device, progress, verbose, retrain)
 
 
 def responses_path(recipe: InstructionRecipe, max_new_tokens: int = 64) -> Path:
@@ -545,10 +521,11 @@ def load_or_generate_responses(recipe: InstructionRecipe | None = None, model=No
     callers wait for one run; ``regenerate`` generates them again.
     """
     from ..tokenizer import get_gpt2_encoding
+    from ..train import exclusive_lock
 
     recipe = recipe or InstructionRecipe()
     path = responses_path(recipe, max_new_tokens)
-    with _exclusive(path):
+    with exclusive_lock(path):
         if regenerate or not path.exists():
             if model is None:
                 model, _ = load_or_finetune(recipe, device, progress=progress)
