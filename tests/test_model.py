@@ -1,5 +1,6 @@
 """GPTModel against Hugging Face transformers' GPT-2, and its parameter counts."""
 
+import inspect
 import math
 
 import pytest
@@ -394,13 +395,15 @@ def test_kv_cache_matches_transformers_past_key_values():
     load_gpt2_weights(ours, hf.state_dict())
     ids = _ids(batch=2, tokens=12)
     cache = ours.new_kv_cache()
+    # transformers 5.x renames past_key_values to cache (announced for 5.40): use what this version has.
+    name = "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
     with torch.no_grad():
         out = hf(ids[:, :9], use_cache=True)
-        past = out.past_key_values
+        past = getattr(out, name)
         torch.testing.assert_close(ours(ids[:, :9], kv_cache=cache), out.logits, atol=1e-4, rtol=1e-4)
         for t in range(9, 12):
-            step = hf(ids[:, t:t + 1], past_key_values=past, use_cache=True)
-            past = step.past_key_values
+            step = hf(ids[:, t:t + 1], use_cache=True, **{name: past})
+            past = getattr(step, name)
             torch.testing.assert_close(ours(ids[:, t:t + 1], kv_cache=cache), step.logits,
                                        atol=1e-4, rtol=1e-4)
 
