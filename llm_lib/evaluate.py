@@ -174,8 +174,7 @@ def padded_last_logits(model, token_ids: torch.Tensor, lengths: torch.Tensor) ->
     rows = torch.arange(token_ids.shape[0], device=token_ids.device)
     last = lengths.to(token_ids.device) - 1
     if isinstance(model, GPTModel) and type(model).forward is GPTModel.forward:
-        hidden = model.final_norm(model.trf_blocks(model.drop_emb(model.embed(token_ids))))
-        return model.out_head(hidden[rows, last])
+        return model.head(model.backbone(token_ids)[rows, last])
     return model(token_ids)[rows, last]
 
 

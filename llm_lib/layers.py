@@ -53,7 +53,7 @@ class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + drop(att(norm1(x))), then + drop(ff(norm2(x))); ``(b, T, emb_dim)`` kept.
 
     ``cfg`` is a ``GPTConfig`` (or anything with its attribute names).
-    ``forward_with_cache`` is the same computation with a KV cache for the attention.
+    ``forward(x, kv_cache)`` passes a ``LayerKVCache`` to the attention (chapter 35).
     """
 
     def __init__(self, cfg):
@@ -68,13 +68,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
-        return x
-
-    def forward_with_cache(self, x: torch.Tensor, kv_cache: LayerKVCache) -> torch.Tensor:
-        """``forward`` for tokens ``(b, T_new, emb_dim)`` that follow those in ``kv_cache`` (chapter 35)."""
+    def forward(self, x: torch.Tensor, kv_cache: LayerKVCache | None = None) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x

@@ -241,22 +241,35 @@ class GPTModel(nn.Module):
             self.train(was_training)
         return torch.stack(weights)
 
-    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def backbone(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids ``(batch, tokens)`` -> the last block's output ``(batch, tokens, emb_dim)``, before the final norm.
+
+        With ``kv_cache`` the ids are the tokens that follow the cached ones.
+        """
         start_pos = 0 if kv_cache is None else kv_cache.length
         x = self.drop_emb(self.embed(in_idx, start_pos))
         if kv_cache is None:
-            x = self.trf_blocks(x)
-        else:
-            if len(kv_cache.layers) != len(self.trf_blocks):
-                raise ValueError(f"the KV cache has {len(kv_cache.layers)} layers but the model has "
-                                 f"n_layers={len(self.trf_blocks)}; make it with model.new_kv_cache()")
-            for block, layer_cache in zip(self.trf_blocks, kv_cache.layers, strict=True):
-                x = block.forward_with_cache(x, layer_cache)
-        x = self.final_norm(x)
-        logits = self.out_head(x)
+            return self.trf_blocks(x)
+        if len(kv_cache.layers) != len(self.trf_blocks):
+            raise ValueError(f"the KV cache has {len(kv_cache.layers)} layers but the model has "
+                             f"n_layers={len(self.trf_blocks)}; make it with model.new_kv_cache()")
+        for block, layer_cache in zip(self.trf_blocks, kv_cache.layers, strict=True):
+            x = block(x, layer_cache)
+        return x
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and output head: hidden states ``(..., emb_dim)`` -> logits ``(..., vocab_size)``.
+
+        Applied to a selection of positions (the last one, the counted targets),
+        it skips the head's work everywhere else.
+        """
+        logits = self.out_head(self.final_norm(hidden))
         if self.cfg.padded_vocab_size != self.cfg.vocab_size:
             logits = logits[..., :self.cfg.vocab_size]  # padding ids are never predicted
         return logits
+
+    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        return self.head(self.backbone(in_idx, kv_cache))
 
 
 @torch.no_grad()

@@ -56,5 +56,5 @@ def test_transformer_block_with_kv_cache_equals_full_pass():
     x = torch.randn(2, 7, 16)
     cache = LayerKVCache(8)
     with torch.no_grad():
-        parts = [block.forward_with_cache(x[:, a:b], cache) for a, b in [(0, 5), (5, 6), (6, 7)]]
+        parts = [block(x[:, a:b], cache) for a, b in [(0, 5), (5, 6), (6, 7)]]
     torch.testing.assert_close(torch.cat(parts, dim=1), block(x), atol=1e-6, rtol=1e-5)

@@ -208,11 +208,6 @@ class LengthGroupedBatchSampler(Sampler):
         return len(self.batches(0))
 
 
-def _gpt_hidden(model, inputs: torch.Tensor) -> torch.Tensor:
-    """Hidden states after the last block of a ``GPTModel``, before the final norm: ``(batch, tokens, emb_dim)``."""
-    return model.trf_blocks(model.drop_emb(model.embed(inputs)))
-
-
 def instruction_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model, device="cpu") -> torch.Tensor:
     """Mean cross-entropy over the targets that are not ``-100``; inputs and targets ``(batch, tokens)``.
 
@@ -229,8 +224,7 @@ def instruction_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model, d
     if not isinstance(model, GPTModel):
         logits = model(inputs)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-    hidden = _gpt_hidden(model, inputs)[keep]  # (counted targets, emb_dim)
-    logits = model.out_head(model.final_norm(hidden))[:, :model.cfg.vocab_size]
+    logits = model.head(model.backbone(inputs)[keep])  # (counted targets, vocab_size)
     return F.cross_entropy(logits, targets[keep])
 
 
@@ -306,7 +300,7 @@ def last_token_logits(model, idx: torch.Tensor) -> torch.Tensor:
     """``model(idx)[:, -1, :]``, ``(batch, vocab)``; a ``GPTModel`` runs its output head at the last position only."""
     if not isinstance(model, GPTModel):
         return model(idx)[:, -1, :]
-    return model.out_head(model.final_norm(_gpt_hidden(model, idx)[:, -1, :]))[:, :model.cfg.vocab_size]
+    return model.head(model.backbone(idx)[:, -1, :])
 
 
 @torch.no_grad()
