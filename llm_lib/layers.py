@@ -68,7 +68,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, kv_cache: LayerKVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
