@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -32,11 +33,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16_instructions() -> str:
+    """Which bfloat16 instructions the processor has (Linux ``/proc/cpuinfo`` flags), e.g. ``avx512_bf16``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(found) or "none"
+
+
 def environment(device: str = "cpu") -> dict[str, str]:
     """Date, hardware and library versions, for the results table."""
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{cpu_model()} ({os.cpu_count()} logical cores)",
+        "cpu bf16 instructions": cpu_bf16_instructions(),
         "torch threads": str(torch.get_num_threads()),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
         "python": platform.python_version(),
@@ -66,6 +79,46 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran this script, as one would type it from the repository root, without ``--json``."""
+    argv = list(sys.argv if argv is None else argv)
+    args = argv[1:]
+    if "--json" in args:
+        i = args.index("--json")
+        del args[i:i + 2]
+    args = [a for a in args if not a.startswith("--json=")]
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
+    return prefix + " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *args])
+
+
+def report(title: str, headers: list[str], rows: list[list], env: dict[str, str], json_path: str | None,
+           benchmark: str, profiles: dict[str, dict] | None = None, argv: list[str] | None = None) -> None:
+    """Print ``title`` and the results table; with ``json_path``, also save them for ``benchmarks/report.py``.
+
+    The saved record holds the command, the environment, the title and the table's cells as printed,
+    so that the README (``python benchmarks/report.py``) and chapter 35 show exactly what was measured.
+    ``profiles`` maps a row's name to ``profiling.profile_steps``'s result plus its ``step_ms``.
+    """
+    rows = [[str(c) for c in row] for row in rows]
+    print(title + ":\n")
+    print(markdown_table(headers, rows))
+    if profiles:
+        from profiling import profile_markdown
+
+        print("\nWhere the time goes:\n")
+        for variant, result in profiles.items():
+            print(profile_markdown(variant, result, result["step_ms"]) + "\n")
+    if json_path:
+        record = {"benchmark": benchmark, "command": command_line(argv), "environment": env, "title": title,
+                  "columns": headers, "rows": rows}
+        if profiles:
+            record["profiles"] = profiles
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nsaved to {json_path}")
 
 
 def set_threads(threads: int | None) -> None:

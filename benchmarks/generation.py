@@ -15,7 +15,7 @@ import argparse
 import warnings
 
 import torch
-from common import TINY, environment, hf_config, markdown_table, median, print_environment, set_threads, time_calls
+from common import TINY, environment, hf_config, median, print_environment, report, set_threads, time_calls
 
 from llm_lib.generate import generate
 from llm_lib.model import GPTConfig, GPTModel
@@ -34,6 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face row")
     p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--json", metavar="PATH", help="also save the results there (see benchmarks/report.py)")
     return p.parse_args(argv)
 
 
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"--prompt-tokens + --new-tokens must fit the context of {cfg.context_length}")
     torch.manual_seed(args.seed)
     ours = GPTModel(cfg).to(device).eval()
-    ours_fused = GPTModel(cfg.replace(fused_attention=True)).to(device).eval()
+    ours_fused = GPTModel(cfg.replace(fused_attention=True, fused_layers=True)).to(device).eval()
     ours_fused.load_state_dict(ours.state_dict())
     prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_tokens), device=device)
     n = args.new_tokens
@@ -57,7 +58,7 @@ def main(argv=None) -> None:
     runs = {
         "llm_lib, no cache (teaching path)": ours_run(ours, False),
         "llm_lib, KV cache": ours_run(ours, True),
-        "llm_lib, KV cache + fused attention": ours_run(ours_fused, True),
+        "llm_lib, KV cache + fused kernels": ours_run(ours_fused, True),
     }
     if not args.no_hf:
         import transformers
@@ -97,11 +98,10 @@ def main(argv=None) -> None:
     model_name = ("tiny 2-layer model" if args.tiny
                   else f"GPT-2 {args.size} ({cfg.num_parameters(tied=True):,} parameters with the head "
                        f"counted once; here the head is a separate, untied matrix)")
-    print(f"Greedy generation of {n} tokens after a {args.prompt_tokens}-token prompt, batch {args.batch}, "
-          f"{model_name}, random weights, {args.device}, median of {args.repeats} run(s):\n")
-    print(markdown_table(["implementation", "seconds", "tokens/s", "vs no cache", "ms/token",
-                          "same tokens as no cache"], rows))
-
+    title = (f"Greedy generation of {n} tokens after a {args.prompt_tokens}-token prompt, batch {args.batch}, "
+             f"{model_name}, random weights, {args.device}, median of {args.repeats} run(s)")
+    report(title, ["implementation", "seconds", "tokens/s", "vs no cache", "ms/token", "same tokens as no cache"],
+           rows, env, args.json, "generation")
 
 if __name__ == "__main__":
     main()

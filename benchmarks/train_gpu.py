@@ -2,10 +2,13 @@
 
     python benchmarks/train_gpu.py                          # H100: B=32, T=1024, bf16, torch.compile
     python benchmarks/train_gpu.py --batch 16 --steps 50    # other sizes
+    python benchmarks/train_gpu.py --profile 5              # and where each row's step time goes
+    python benchmarks/train_gpu.py --json benchmarks/results/train-gpu.json   # save for the README (report.py)
     python benchmarks/train_gpu.py --device cpu --tiny      # smoke test of the script on a CPU (seconds)
 
 Rows (every one trains with bf16 autocast, fused AdamW and torch.compile, dropout 0):
-  llm_lib fast     GPTModel with fused attention, tied head, vocabulary padded to 50,304, GPT-2's init
+  llm_lib fast     GPTModel with fused attention, layer norm and GELU, tied head, vocabulary padded to
+                   50,304, GPT-2's init
   HF               transformers GPT2LMHeadModel, sdpa attention, tied head, vocab_size=50,304
   llm_lib teaching (only with --variants ... teaching) GPTConfig defaults, float32, no compile
 
@@ -24,16 +27,31 @@ TFLOP/s (H100 SXM, dense bf16) unless --peak-tflops says otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import time
 
 import torch
 import torch.nn.functional as F
-from common import TINY, LogitsOnly, environment, hf_config, markdown_table, print_environment, synchronize
+from common import TINY, LogitsOnly, environment, hf_config, print_environment, report, synchronize
+from profiling import profile_steps
 
 from llm_lib.model import GPTConfig, GPTModel, init_gpt2_weights
 
 H100_SXM_BF16_TFLOPS = 989.0
 VARIANTS = ["llm_lib fast", "HF", "llm_lib teaching"]
+ATTENTION_BACKENDS = ["auto", "flash", "cudnn", "efficient", "math"]
+
+
+def attention_backend(name: str):
+    """A context that restricts F.scaled_dot_product_attention to one backend ("auto": PyTorch's choice)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel([backend])
 
 
 def model_flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
@@ -49,8 +67,8 @@ def build(variant: str, cfg: GPTConfig, device, compile_model: bool, compile_mod
     torch.manual_seed(123)
     fused_adam = device.type == "cuda"  # fused AdamW also exists on the CPU; keep the smoke test simple
     if variant == "llm_lib fast":
-        model = init_gpt2_weights(GPTModel(cfg.replace(fused_attention=True, tie_weights=True,
-                                                       vocab_pad_multiple=64)))
+        model = init_gpt2_weights(GPTModel(cfg.replace(fused_attention=True, fused_layers=True,
+                                                       tie_weights=True, vocab_pad_multiple=64)))
         dtype, do_compile = torch.bfloat16, compile_model
     elif variant == "HF":
         import transformers
@@ -96,6 +114,11 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", default=VARIANTS[:2], choices=VARIANTS)
     p.add_argument("--no-compile", action="store_true", help="eager mode for every row")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
+    p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
+                   help="restrict scaled_dot_product_attention to one backend (default: PyTorch's choice)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile N more steps of each row and show where the time goes")
+    p.add_argument("--json", metavar="PATH", help="also save the results there (see benchmarks/report.py)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help=f"peak dense bf16 TFLOP/s for MFU (default {H100_SXM_BF16_TFLOPS:g} on CUDA, none on CPU)")
     return p.parse_args(argv)
@@ -120,19 +143,24 @@ def main(argv=None) -> None:
 
     env = environment(args.device)
     print_environment(env)
-    rows = []
+    rows, profiles = [], {}
     for variant in args.variants:
         model, optimizer, dtype = build(variant, cfg, device, not args.no_compile, args.compile_mode)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        train_steps(model, optimizer, batches, args.warmup, dtype, device)
-        synchronize(device)
-        warmup_s = time.perf_counter() - start
-        start = time.perf_counter()
-        loss = train_steps(model, optimizer, batches, args.steps, dtype, device)
-        synchronize(device)
-        seconds = time.perf_counter() - start
+        with attention_backend(args.attention_backend):
+            start = time.perf_counter()
+            train_steps(model, optimizer, batches, args.warmup, dtype, device)
+            synchronize(device)
+            warmup_s = time.perf_counter() - start
+            start = time.perf_counter()
+            loss = train_steps(model, optimizer, batches, args.steps, dtype, device)
+            synchronize(device)
+            seconds = time.perf_counter() - start
+            if args.profile:
+                run = functools.partial(train_steps, model, optimizer, batches, dtype=dtype, device=device)
+                profiled = profile_steps(run, args.profile, device)
+                profiles[variant] = {"step_ms": 1000 * seconds / args.steps, **profiled}
         tokens_per_s = args.steps * args.batch * args.seq / seconds
         tflops = tokens_per_s * flops / 1e12
         mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
@@ -146,12 +174,12 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     name = "tiny 2-layer model" if args.tiny else f"GPT-2 {args.size}"
-    print(f"Training throughput, {name}, B={args.batch}, T={args.seq}, {args.steps} timed steps after "
-          f"{args.warmup} warm-up steps, {flops / 1e6:.1f} MFLOP/token (6N + 12LHQT), "
-          f"peak {peak if peak else 'n/a'} TFLOP/s:\n")
-    print(markdown_table(["variant", "mode", "ms/step", "tokens/s", "TFLOP/s", "MFU", "peak GiB",
-                          "warm-up s", "last loss"], rows))
-
+    attention = "" if args.attention_backend == "auto" else f", attention backend {args.attention_backend}"
+    title = (f"Training throughput, {name}, B={args.batch}, T={args.seq}, {args.steps} timed steps after "
+             f"{args.warmup} warm-up steps{attention}, {flops / 1e6:.1f} MFLOP/token (6N + 12LHQT), "
+             f"peak {peak if peak else 'n/a'} TFLOP/s")
+    report(title, ["variant", "mode", "ms/step", "tokens/s", "TFLOP/s", "MFU", "peak GiB", "warm-up s",
+                   "last loss"], rows, env, args.json, "train-gpu", profiles)
 
 if __name__ == "__main__":
     main()

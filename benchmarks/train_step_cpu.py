@@ -12,7 +12,7 @@ weights. Each row reports the median over ``--steps`` timed steps after
 
 Rows:
   teaching        GPTConfig defaults: explicit attention, separate output head, float32, AdamW
-  fast fp32       fused attention + tied head + vocabulary padded to 64 + fused AdamW
+  fast fp32       fused attention + fused layer norm and GELU + tied head + vocabulary padded to 64 + fused AdamW
                   (+ GPT-2's initialisation, init_gpt2_weights, which a tied head needs)
   fast bf16       the same under torch.autocast(bfloat16)
   HF fp32         transformers GPT2LMHeadModel (sdpa attention, tied head), AdamW
@@ -31,12 +31,13 @@ from common import (
     LogitsOnly,
     environment,
     hf_config,
-    markdown_table,
     median,
     print_environment,
+    report,
     set_threads,
     time_calls,
 )
+from profiling import profile_steps
 
 from llm_lib.model import GPTConfig, GPTModel, init_gpt2_weights
 
@@ -65,7 +66,7 @@ def one_step(model, optimizer, x, y, autocast_dtype, device):
 def build(variant: str, cfg: GPTConfig, device):
     """(model, optimizer, autocast dtype) of one row."""
     torch.manual_seed(123)
-    fast_cfg = cfg.replace(fused_attention=True, tie_weights=True, vocab_pad_multiple=64)
+    fast_cfg = cfg.replace(fused_attention=True, fused_layers=True, tie_weights=True, vocab_pad_multiple=64)
     if variant.startswith("teaching"):
         model, fused_adam, dtype = GPTModel(cfg), False, None
     elif variant.startswith("fast fp32"):
@@ -91,12 +92,19 @@ def build(variant: str, cfg: GPTConfig, device):
     return model, optimizer, dtype
 
 
-def time_variant(variant: str, cfg: GPTConfig, x, y, steps: int, warmup: int, device):
-    """Seconds of each timed step of one row, and the loss of its first step."""
+def time_variant(variant: str, cfg: GPTConfig, x, y, steps: int, warmup: int, device, profile: int = 0):
+    """Seconds of each timed step of one row, the loss of its first step, and a profile of ``profile`` more steps."""
     model, optimizer, dtype = build(variant, cfg, device)
     losses = []
     times = time_calls(lambda: losses.append(one_step(model, optimizer, x, y, dtype, device)), steps, warmup)
-    return times, losses[0]
+    result = None
+    if profile:
+        def run(n):
+            for _ in range(n):
+                one_step(model, optimizer, x, y, dtype, device)
+
+        result = profile_steps(run, profile, torch.device(device))
+    return times, losses[0], result
 
 
 VARIANTS = ["teaching", "fast fp32", "fast bf16", "HF fp32", "HF bf16"]
@@ -115,6 +123,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile'd versions of the fast bf16 and HF bf16 rows")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile N more steps of each row and show where the time goes")
+    p.add_argument("--json", metavar="PATH", help="also save the results there (see benchmarks/report.py)")
     return p.parse_args(argv)
 
 
@@ -131,11 +142,14 @@ def main(argv=None) -> None:
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.context), generator=gen)
     y = torch.randint(0, cfg.vocab_size, (args.batch, args.context), generator=gen)
 
-    print_environment(environment(device))
-    rows = []
+    env = environment(device)
+    print_environment(env)
+    rows, profiles = [], {}
     for variant in variants:
-        times, first_loss = time_variant(variant, cfg, x, y, args.steps, args.warmup, device)
+        times, first_loss, profiled = time_variant(variant, cfg, x, y, args.steps, args.warmup, device, args.profile)
         seconds = median(times)
+        if profiled:
+            profiles[variant] = {"step_ms": 1000 * seconds, **profiled}
         rows.append([variant, f"{seconds:.3f}", f"{min(times):.3f}",
                      f"{args.batch * args.context / seconds:.0f}", f"{first_loss:.3f}"])
     ref = {r[0]: float(r[1]) for r in rows}
@@ -144,12 +158,11 @@ def main(argv=None) -> None:
         hf = "HF bf16" if "bf16" in row[0] else "HF fp32"
         row.insert(4, f"{ref[hf] / float(row[1]):.2f}x" if hf in ref else "n/a")
     name = "tiny 2-layer model" if args.tiny else f"GPT-2 {args.size}"
-    print(f"One training step, {name}, context {args.context}, batch {args.batch}, dropout {args.dropout}, "
-          f"median of {args.steps} steps after {args.warmup} warm-up step(s); speed-ups > 1 are faster "
-          f"(\"vs HF\" compares with the HF row of the same precision):\n")
-    print(markdown_table(["variant", "s/step (median)", "s/step (best)", f"vs {rows[0][0]}",
-                          "vs HF", "tokens/s", "first loss"], rows))
-
+    title = (f"One training step, {name}, context {args.context}, batch {args.batch}, dropout {args.dropout}, "
+             f"median of {args.steps} steps after {args.warmup} warm-up step(s); speed-ups > 1 are faster "
+             f"(\"vs HF\" compares with the HF row of the same precision)")
+    report(title, ["variant", "s/step (median)", "s/step (best)", f"vs {rows[0][0]}", "vs HF", "tokens/s",
+                   "first loss"], rows, env, args.json, "train-step-cpu", profiles)
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import LayerKVCache, MultiHeadAttention
@@ -13,15 +14,22 @@ __all__ = ["LayerNorm", "GELU", "FeedForward", "TransformerBlock"]
 
 
 class LayerNorm(nn.Module):
-    """Normalise each token's features to mean 0 and variance 1, then scale and shift: shape kept."""
+    """Normalise each token's features to mean 0 and variance 1, then scale and shift: shape kept.
 
-    def __init__(self, emb_dim: int, eps: float = 1e-5):
+    ``fused=True`` computes the same function with ``F.layer_norm``, one kernel instead of
+    the six operations below (chapter 35).
+    """
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
         self.eps = eps  # keeps the division finite when a token's features are all equal
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
         mean = x.mean(dim=-1, keepdim=True)
         # Biased variance (divide by n), as torch.nn.LayerNorm and GPT-2 use.
         var = x.var(dim=-1, keepdim=True, unbiased=False)
@@ -29,20 +37,29 @@ class LayerNorm(nn.Module):
 
 
 class GELU(nn.Module):
-    """GELU activation in GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    """GELU activation in GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+
+    ``fused=True`` computes it with ``F.gelu(x, approximate="tanh")``, one kernel (chapter 35).
+    """
+
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return F.gelu(x, approximate="tanh")
         return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
 class FeedForward(nn.Module):
     """Position-wise MLP ``emb_dim -> hidden_dim -> emb_dim`` with GELU; hidden_dim defaults to 4·emb_dim."""
 
-    def __init__(self, emb_dim: int, hidden_dim: int | None = None):
+    def __init__(self, emb_dim: int, hidden_dim: int | None = None, fused: bool = False):
         super().__init__()
         hidden_dim = hidden_dim or 4 * emb_dim
         self.layers = nn.Sequential(
-            nn.Linear(emb_dim, hidden_dim), GELU(), nn.Linear(hidden_dim, emb_dim)
+            nn.Linear(emb_dim, hidden_dim), GELU(fused), nn.Linear(hidden_dim, emb_dim)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,9 +80,10 @@ class TransformerBlock(nn.Module):
             dropout=cfg.drop_rate, num_heads=cfg.n_heads, qkv_bias=cfg.qkv_bias,
             fused=getattr(cfg, "fused_attention", False),
         )
-        self.ff = FeedForward(cfg.emb_dim)
-        self.norm1 = LayerNorm(cfg.emb_dim)
-        self.norm2 = LayerNorm(cfg.emb_dim)
+        fused = getattr(cfg, "fused_layers", False)
+        self.ff = FeedForward(cfg.emb_dim, fused=fused)
+        self.norm1 = LayerNorm(cfg.emb_dim, fused=fused)
+        self.norm2 = LayerNorm(cfg.emb_dim, fused=fused)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor,

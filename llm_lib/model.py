@@ -2,7 +2,8 @@
 
 Every switch is off by default, and each computes the same function as the
 teaching path: ``fused_attention`` (PyTorch's attention kernel),
-``tie_weights`` (one matrix for the token embedding and the output head),
+``fused_layers`` (PyTorch's layer-norm and GELU kernels), ``tie_weights``
+(one matrix for the token embedding and the output head),
 ``vocab_pad_multiple`` (embedding and head rows padded to a round number, the
 logits trimmed back), and a ``KVCache`` for generation.
 """
@@ -50,6 +51,7 @@ class GPTConfig:
     drop_rate: float = 0.1
     qkv_bias: bool = False       # OpenAI's checkpoints have these biases; we start without
     fused_attention: bool = False  # True: F.scaled_dot_product_attention instead of the explicit path
+    fused_layers: bool = False   # True: F.layer_norm and F.gelu(approximate="tanh") instead of the formulas
     tie_weights: bool = False    # True: the output head shares the token-embedding matrix
     vocab_pad_multiple: int = 1  # e.g. 64: embedding and head get padded_vocab_size rows (50,304 for GPT-2)
 
@@ -141,7 +143,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.final_norm = LayerNorm(cfg.emb_dim, fused=cfg.fused_layers)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight

@@ -19,6 +19,24 @@ def test_layernorm_matches_torch():
                                atol=1e-5, rtol=1e-5)
 
 
+def test_fused_layernorm_and_gelu_compute_the_teaching_functions():
+    torch.manual_seed(0)
+    x = (torch.randn(3, 5, 16) * 4 + 2).requires_grad_()
+    plain, fused = LayerNorm(16), LayerNorm(16, fused=True)
+    with torch.no_grad():
+        plain.scale.uniform_(0.5, 1.5)
+        plain.shift.uniform_(-1, 1)
+    fused.load_state_dict(plain.state_dict())  # same parameter names: checkpoints are interchangeable
+    for module in (plain, fused):
+        module(x).pow(2).sum().backward()
+    torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.scale.grad, plain.scale.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused.shift.grad, plain.shift.grad, atol=1e-4, rtol=1e-4)
+    z = torch.linspace(-8, 8, 1001)
+    torch.testing.assert_close(GELU(fused=True)(z), GELU()(z))
+    assert FeedForward(8, fused=True).layers[1].fused
+
+
 def test_layernorm_eps_keeps_constant_rows_finite():
     out = LayerNorm(4)(torch.full((1, 4), 3.0))
     assert torch.isfinite(out).all() and torch.allclose(out, torch.zeros(1, 4))

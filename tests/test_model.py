@@ -193,6 +193,20 @@ def test_fused_attention_model_equals_teaching_path_forward_and_backward():
         torch.testing.assert_close(grads_f[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_fused_layers_model_equals_teaching_path_forward_and_backward():
+    torch.manual_seed(2)
+    teaching = GPTModel(SMALL).train()
+    fused = GPTModel(SMALL.replace(fused_layers=True)).train()
+    fused.load_state_dict(teaching.state_dict())
+    assert fused.final_norm.fused and all(b.norm1.fused and b.ff.layers[1].fused for b in fused.trf_blocks)
+    ids, targets = _ids(), _ids(batch=2, tokens=20).roll(1, dims=1)
+    loss_t, grads_t = _loss_and_grads(teaching, ids, targets)
+    loss_f, grads_f = _loss_and_grads(fused, ids, targets)
+    torch.testing.assert_close(loss_f, loss_t, atol=1e-6, rtol=1e-5)
+    for name, grad in grads_t.items():
+        torch.testing.assert_close(grads_f[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_tied_model_is_the_untied_model_with_a_copied_head():
     torch.manual_seed(2)
     tied = GPTModel(SMALL.replace(tie_weights=True))
@@ -321,7 +335,8 @@ def test_bf16_autocast_stays_close_to_float32(fused):
     # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%); measured here the logits differ
     # by ~0.3% (relative norm), the loss by ~0.005% and the gradients by ~0.4%, so the bounds allow ~3x.
     torch.manual_seed(7)
-    model = GPTModel(SMALL.replace(fused_attention=fused, tie_weights=True, vocab_pad_multiple=64)).train()
+    model = GPTModel(SMALL.replace(fused_attention=fused, fused_layers=fused, tie_weights=True,
+                                   vocab_pad_multiple=64)).train()
     ids, targets = _ids(), _ids(tokens=20).roll(5, dims=1)
     logits = model(ids)
     loss, grads = _loss_and_grads(model, ids, targets)
@@ -344,7 +359,8 @@ def test_bf16_autocast_stays_close_to_float32(fused):
 def test_fast_model_compiles_as_one_graph():
     # fullgraph=True fails on any graph break (e.g. reading a tensor's value in Python).
     torch._dynamo.reset()
-    cfg = SMALL.replace(n_layers=1, fused_attention=True, tie_weights=True, vocab_pad_multiple=64)
+    cfg = SMALL.replace(n_layers=1, fused_attention=True, fused_layers=True, tie_weights=True,
+                        vocab_pad_multiple=64)
     model = GPTModel(cfg)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     ids = _ids()
