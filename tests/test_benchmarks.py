@@ -50,10 +50,12 @@ def test_cpu_training_benchmark_reports_every_variant():
 
 def test_gpu_benchmark_runs_on_the_cpu():
     out = _run("train_gpu.py", "--device", "cpu", "--tiny", "--batch", "2", "--seq", "32", "--steps", "1",
-               "--warmup", "1", "--no-compile")
+               "--warmup", "1", "--no-compile", "--attention-backend", "math", "--profile", "1")
     rows = _table_rows(out, "variant")
     assert [r[0] for r in rows] == ["llm_lib fast", "HF"]
     assert all(float(r[3].replace(",", "")) > 0 for r in rows)  # tokens/s
+    assert "attention backend math" in out
+    assert out.count("| category | ms/step | share |") == 2  # a profile for each row
 
 
 def test_profile_groups_the_step_time_into_categories(tmp_path):
