@@ -95,7 +95,7 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def report(title: str, headers: list[str], rows: list[list], env: dict[str, str], json_path: str | None,
-           benchmark: str, profiles: dict[str, dict] | None = None, argv: list[str] | None = None) -> None:
+           benchmark: str, profiles: dict[str, dict] | None = None) -> None:
     """Print ``title`` and the results table; with ``json_path``, also save them for ``benchmarks/report.py``.
 
     The saved record holds the command, the environment, the title and the table's cells as printed,
@@ -110,9 +110,9 @@ def report(title: str, headers: list[str], rows: list[list], env: dict[str, str]
 
         print("\nWhere the time goes:\n")
         for variant, result in profiles.items():
-            print(profile_markdown(variant, result, result["step_ms"]) + "\n")
+            print(profile_markdown(variant, result) + "\n")
     if json_path:
-        record = {"benchmark": benchmark, "command": command_line(argv), "environment": env, "title": title,
+        record = {"benchmark": benchmark, "command": command_line(), "environment": env, "title": title,
                   "columns": headers, "rows": rows}
         if profiles:
             record["profiles"] = profiles

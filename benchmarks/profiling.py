@@ -100,9 +100,12 @@ def _short(name: str, width: int = 70) -> str:
     return name if len(name) <= width else name[:width - 3] + "..."
 
 
-def profile_markdown(variant: str, result: dict, step_ms: float) -> str:
-    """Two markdown tables (categories, top kernels or operators) under a line that compares busy and step time."""
-    busy = result["busy_ms"]
+def profile_markdown(variant: str, result: dict) -> str:
+    """Two markdown tables (categories, top kernels or operators) under a line that compares busy and step time.
+
+    ``result`` is ``profile_steps``'s, plus ``step_ms``: the step time measured without the profiler.
+    """
+    busy, step_ms = result["busy_ms"], result["step_ms"]
     if result["device_time"] == "kernels":
         waited = max(step_ms - busy, 0.0)
         head = (f"**{variant}**: {step_ms:.1f} ms per step (timed without the profiler), of which the GPU's "

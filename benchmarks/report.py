@@ -54,7 +54,7 @@ def render(name: str) -> str:
 
         parts += ["", "Where the time goes (`--profile`):"]
         for variant, result in record["profiles"].items():
-            parts += ["", profile_markdown(variant, result, result["step_ms"])]
+            parts += ["", profile_markdown(variant, result)]
     return "\n".join(parts)
 
 

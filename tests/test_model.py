@@ -180,31 +180,29 @@ def _loss_and_grads(model, ids, targets):
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def test_fused_attention_model_equals_teaching_path_forward_and_backward():
-    torch.manual_seed(1)
+def _assert_switch_keeps_the_function(grad_atol: float, **switch) -> GPTModel:
+    """The model with ``switch`` on gives the teaching model's loss and gradients (same weights); returns it."""
     teaching = GPTModel(SMALL).train()  # drop_rate=0: training mode is deterministic
-    fused = GPTModel(SMALL.replace(fused_attention=True)).train()
-    fused.load_state_dict(teaching.state_dict())
+    switched = GPTModel(SMALL.replace(**switch)).train()
+    switched.load_state_dict(teaching.state_dict())
     ids, targets = _ids(), _ids(batch=2, tokens=20).roll(1, dims=1)
     loss_t, grads_t = _loss_and_grads(teaching, ids, targets)
-    loss_f, grads_f = _loss_and_grads(fused, ids, targets)
-    torch.testing.assert_close(loss_f, loss_t, atol=1e-6, rtol=1e-5)
+    loss_s, grads_s = _loss_and_grads(switched, ids, targets)
+    torch.testing.assert_close(loss_s, loss_t, atol=1e-6, rtol=1e-5)
     for name, grad in grads_t.items():
-        torch.testing.assert_close(grads_f[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grads_s[name], grad, atol=grad_atol, rtol=1e-4, msg=name)
+    return switched
+
+
+def test_fused_attention_model_equals_teaching_path_forward_and_backward():
+    torch.manual_seed(1)
+    _assert_switch_keeps_the_function(1e-6, fused_attention=True)
 
 
 def test_fused_layers_model_equals_teaching_path_forward_and_backward():
     torch.manual_seed(2)
-    teaching = GPTModel(SMALL).train()
-    fused = GPTModel(SMALL.replace(fused_layers=True)).train()
-    fused.load_state_dict(teaching.state_dict())
+    fused = _assert_switch_keeps_the_function(1e-5, fused_layers=True)
     assert fused.final_norm.fused and all(b.norm1.fused and b.ff.layers[1].fused for b in fused.trf_blocks)
-    ids, targets = _ids(), _ids(batch=2, tokens=20).roll(1, dims=1)
-    loss_t, grads_t = _loss_and_grads(teaching, ids, targets)
-    loss_f, grads_f = _loss_and_grads(fused, ids, targets)
-    torch.testing.assert_close(loss_f, loss_t, atol=1e-6, rtol=1e-5)
-    for name, grad in grads_t.items():
-        torch.testing.assert_close(grads_f[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_tied_model_is_the_untied_model_with_a_copied_head():
