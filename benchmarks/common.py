@@ -99,7 +99,7 @@ def report(title: str, headers: list[str], rows: list[list], env: dict[str, str]
     """Print ``title`` and the results table; with ``json_path``, also save them for ``benchmarks/report.py``.
 
     The saved record holds the command, the environment, the title and the table's cells as printed,
-    so that the README (``python benchmarks/report.py``) and chapter 35 show exactly what was measured.
+    so that the README (``python benchmarks/report.py``) and chapter 36 show exactly what was measured.
     ``profiles`` maps a row's name to ``profiling.profile_steps``'s result plus its ``step_ms``.
     """
     rows = [[str(c) for c in row] for row in rows]

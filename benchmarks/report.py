@@ -1,4 +1,4 @@
-"""Write the results in benchmarks/README.md and chapter 35 from the saved runs in benchmarks/results/.
+"""Write the results in benchmarks/README.md and chapter 36 from the saved runs in benchmarks/results/.
 
     python benchmarks/report.py           # rewrite the results sections of both
     python benchmarks/report.py --check   # exit 1 if either does not show the saved results
@@ -6,7 +6,7 @@
 A benchmark run with ``--json benchmarks/results/NAME.json`` saves its command,
 environment and table. This script puts them into the README between the
 markers ``<!-- results NAME ... -->`` and ``<!-- end of results NAME -->``, and
-into chapter 35's markdown between markers of the form
+into chapter 36's markdown between markers of the form
 ``<!-- results NAME columns: a | b | c -->`` (only those columns, with a line
 saying where and when they were measured). So every table of results in the
 repository is exactly what a script measured. ``tests/test_benchmarks.py``
@@ -26,7 +26,7 @@ from common import markdown_table
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
-CHAPTER = HERE.parent / "chapters" / "35-making-it-fast.ipynb"
+CHAPTER = HERE.parent / "chapters" / "36-making-it-fast.ipynb"
 NAMES = ["generation-cpu", "train-step-cpu", "train-gpu"]
 ENVIRONMENT_KEYS = ["date", "gpu", "cuda", "cpu", "cpu bf16 instructions", "torch threads", "torch",
                     "transformers", "python"]
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import nbformat
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="only check that the README and chapter 35 are up to date")
+    p.add_argument("--check", action="store_true", help="only check that the README and chapter 36 are up to date")
     args = p.parse_args(argv)
     text = README.read_text()
     new = updated_readme(text)
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
             print(f"{', '.join(stale)} do(es) not show benchmarks/results/: run python benchmarks/report.py",
                   file=sys.stderr)
             return 1
-        print("benchmarks/README.md and chapter 35 show benchmarks/results/")
+        print("benchmarks/README.md and chapter 36 show benchmarks/results/")
         return 0
     README.write_text(new)
     if chapter_changed:

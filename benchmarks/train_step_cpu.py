@@ -41,7 +41,7 @@ from profiling import profile_steps
 
 from llm_lib.model import GPTConfig, GPTModel, init_gpt2_weights
 
-try:  # the training loop's own step, when llm_lib.train has it (chapter 35)
+try:  # the training loop's own step, when llm_lib.train has it (chapter 36)
     from llm_lib.train import TrainOptions, train_step
 except ImportError:  # pragma: no cover - older llm_lib
     TrainOptions = train_step = None

@@ -8,7 +8,7 @@
    projection, as GPT-2 does; ``fused=True`` hands the masked softmax to
    PyTorch's ``scaled_dot_product_attention``.
 
-For generation (chapter 35), ``LayerKVCache`` keeps the keys and values of the
+For generation (chapter 36), ``LayerKVCache`` keeps the keys and values of the
 tokens a layer has already seen, so that each new token computes only its own.
 """
 

@@ -1,4 +1,4 @@
-"""Train a small GPT with DistributedDataParallel on every process that torchrun starts (chapter 36).
+"""Train a small GPT with DistributedDataParallel on every process that torchrun starts (chapter 37).
 
     # two CPU processes on this machine (gloo)
     torchrun --standalone --nproc_per_node=2 -m llm_lib.ddp_train --out runs/ddp

@@ -1,4 +1,4 @@
-"""Evaluating LLMs (chapter 34): multiple-choice benchmarks, an LLM as judge, and human ratings.
+"""Evaluating LLMs (chapter 35): multiple-choice benchmarks, an LLM as judge, and human ratings.
 
 - **Multiple choice** in the style of MMLU (Hendrycks et al., "Measuring Massive
   Multitask Language Understanding", ICLR 2021): the model reads a question

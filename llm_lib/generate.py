@@ -1,4 +1,4 @@
-"""Turning next-token logits into text (chapters 25, 29, 30), optionally with a KV cache (chapter 35)."""
+"""Turning next-token logits into text (chapters 25, 29, 30), optionally with a KV cache (chapter 36)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ class LayerNorm(nn.Module):
     """Normalise each token's features to mean 0 and variance 1, then scale and shift: shape kept.
 
     ``fused=True`` computes the same function with ``F.layer_norm``, one kernel instead of
-    the six operations below (chapter 35).
+    the six operations below (chapter 36).
     """
 
     def __init__(self, emb_dim: int, eps: float = 1e-5, fused: bool = False):
@@ -39,7 +39,7 @@ class LayerNorm(nn.Module):
 class GELU(nn.Module):
     """GELU activation in GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 
-    ``fused=True`` computes it with ``F.gelu(x, approximate="tanh")``, one kernel (chapter 35).
+    ``fused=True`` computes it with ``F.gelu(x, approximate="tanh")``, one kernel (chapter 36).
     """
 
     def __init__(self, fused: bool = False):
@@ -70,7 +70,7 @@ class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + drop(att(norm1(x))), then + drop(ff(norm2(x))); ``(b, T, emb_dim)`` kept.
 
     ``cfg`` is a ``GPTConfig`` (or anything with its attribute names).
-    ``forward(x, kv_cache)`` passes a ``LayerKVCache`` to the attention (chapter 35).
+    ``forward(x, kv_cache)`` passes a ``LayerKVCache`` to the attention (chapter 36).
     """
 
     def __init__(self, cfg):

@@ -1,4 +1,4 @@
-"""GPT-2 as a PyTorch module (chapters 19 and 24), with the switches of the fast path (chapter 35).
+"""GPT-2 as a PyTorch module (chapters 19 and 24), with the switches of the fast path (chapter 36).
 
 Every switch is off by default, and each computes the same function as the
 teaching path: ``fused_attention`` (PyTorch's attention kernel),
@@ -100,7 +100,7 @@ class GPTConfig:
 
 
 class KVCache:
-    """The keys and values of the tokens a ``GPTModel`` has seen: one ``LayerKVCache`` per block (chapter 35).
+    """The keys and values of the tokens a ``GPTModel`` has seen: one ``LayerKVCache`` per block (chapter 36).
 
     ``model(ids, kv_cache=cache)`` treats ``ids`` as the tokens that follow the
     ``cache.length`` cached ones (their positions continue from there) and

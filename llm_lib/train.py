@@ -348,7 +348,7 @@ def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progres
 
 
 # ----------------------------------------------------------------------------------
-# The fast training path (chapter 35) and training on several processes (chapter 36)
+# The fast training path (chapter 36) and training on several processes (chapter 37)
 # ----------------------------------------------------------------------------------
 
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)

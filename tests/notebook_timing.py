@@ -5,7 +5,7 @@ from collections import defaultdict
 
 # Parts I-VI together (issue 7), measured as the wall time of the notebook run. The per-chapter
 # sum is printed too, but it counts waiting: with a cold cache, the first chapter that needs
-# chapter 28's model (or chapter 33's) trains it under a file lock and the others wait on that
+# chapter 28's model (or chapter 34's) trains it under a file lock and the others wait on that
 # lock, so the same training minutes appear in several chapters' times.
 BUDGET_S = 40 * 60
 _START = time.perf_counter()

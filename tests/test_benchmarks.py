@@ -103,7 +103,7 @@ def test_kernel_and_operator_names_fall_into_the_right_category(name, category):
 
 
 def test_readme_and_chapter_35_show_the_saved_results():
-    """Every table of results in the README and chapter 35 is what benchmarks/results/*.json holds."""
+    """Every table of results in the README and chapter 36 is what benchmarks/results/*.json holds."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

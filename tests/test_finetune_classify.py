@@ -1,4 +1,4 @@
-"""The spam classifier of chapter 32: data, padding, the head, freezing, cached hidden states, training."""
+"""The spam classifier of chapter 33: data, padding, the head, freezing, cached hidden states, training."""
 
 import copy
 

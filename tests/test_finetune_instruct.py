@@ -1,4 +1,4 @@
-"""Instruction finetuning (chapter 33): prompt format, collate masking, batching by length, training, responses."""
+"""Instruction finetuning (chapter 34): prompt format, collate masking, batching by length, training, responses."""
 
 import json
 import threading
@@ -280,7 +280,7 @@ def test_save_and_load_responses(tmp_path):
 
 
 def test_recipe_key_and_validation():
-    # chapter 34 and readers' caches hold the finetuned weights under this key: change it only on purpose
+    # chapter 35 and readers' caches hold the finetuned weights under this key: change it only on purpose
     assert InstructionRecipe().key() == "ac4f798a39e2"
     assert InstructionRecipe(mask_prompt=False).key() != InstructionRecipe().key()
     medium = InstructionRecipe.gpt2("medium")

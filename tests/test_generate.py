@@ -96,7 +96,7 @@ def test_text_round_trip():
     assert token_ids_to_text(ids, tok) == "Every effort moves you<|endoftext|>"
 
 
-# --- the KV cache (chapter 35): the same tokens as recomputing the whole window -------------------------
+# --- the KV cache (chapter 36): the same tokens as recomputing the whole window -------------------------
 
 
 @pytest.fixture(params=[False, True], ids=["explicit", "fused"])

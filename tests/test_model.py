@@ -169,7 +169,7 @@ def test_attention_weights_match_transformers():
         torch.testing.assert_close(weights[layer], ref[layer], atol=1e-5, rtol=1e-4)
 
 
-# --- the fast path's switches (chapter 35): each computes the teaching path's function -----------------
+# --- the fast path's switches (chapter 36): each computes the teaching path's function -----------------
 
 
 def _loss_and_grads(model, ids, targets):
@@ -386,7 +386,7 @@ def test_gpt2_init_gives_a_tied_model_a_sensible_first_loss():
     assert torch.equal(model.final_norm.scale, torch.ones(cfg.emb_dim))
 
 
-# --- the KV cache (chapter 35) -------------------------------------------------------------------------
+# --- the KV cache (chapter 36) -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -192,7 +192,7 @@ def test_verbose_run_prints_the_log_and_retrain_trains_again(tmp_path, monkeypat
 
 
 # ----------------------------------------------------------------------------------
-# The fast path (chapter 35): every switch against the teaching path
+# The fast path (chapter 36): every switch against the teaching path
 # ----------------------------------------------------------------------------------
 
 from llm_lib.train import (  # noqa: E402

@@ -76,11 +76,12 @@ PARTS: list[tuple[str, list[Chapter]]] = [
     ]),
     ("Part VI: Beyond the lectures", [
         Chapter(31, "pretrained-weights", "Loading pretrained GPT-2 weights"),
-        Chapter(32, "classification-finetuning", "Finetuning for classification: a spam filter"),
-        Chapter(33, "instruction-finetuning", "Instruction finetuning: a small assistant"),
-        Chapter(34, "evaluating-llms", "Evaluating LLMs"),
-        Chapter(35, "making-it-fast", "Making it fast"),
-        Chapter(36, "multi-gpu-training", "Training on more than one GPU"),
+        Chapter(32, "gpt2-to-llama", "From GPT-2 to Llama: a modern open model"),
+        Chapter(33, "classification-finetuning", "Finetuning for classification: a spam filter"),
+        Chapter(34, "instruction-finetuning", "Instruction finetuning: a small assistant"),
+        Chapter(35, "evaluating-llms", "Evaluating LLMs"),
+        Chapter(36, "making-it-fast", "Making it fast"),
+        Chapter(37, "multi-gpu-training", "Training on more than one GPU"),
     ]),
 ]
 

@@ -1,7 +1,7 @@
-"""Finetuning a pretrained GPT: a spam classifier (chapter 32) and an instruction follower (chapter 33).
+"""Finetuning a pretrained GPT: a spam classifier (chapter 33) and an instruction follower (chapter 34).
 
 ``llm_lib.finetune`` gathers the public names of its parts:
-``common`` (splitting a dataset), ``classify`` (chapter 32) and ``instruct`` (chapter 33).
+``common`` (splitting a dataset), ``classify`` (chapter 33) and ``instruct`` (chapter 34).
 """
 
 from . import classify, common, instruct

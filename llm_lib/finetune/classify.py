@@ -1,4 +1,4 @@
-"""Chapter 32: a spam classifier on top of a pretrained GPT.
+"""Chapter 33: a spam classifier on top of a pretrained GPT.
 
 The recipe: replace GPT's 50,257-way output head with a 2-way one, read the
 class logits at the last real token of each message (causal attention lets

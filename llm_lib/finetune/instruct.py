@@ -1,4 +1,4 @@
-"""Chapter 33: instruction finetuning, a GPT that answers Alpaca-style prompts.
+"""Chapter 34: instruction finetuning, a GPT that answers Alpaca-style prompts.
 
 An example is a prompt (``format_input``: a fixed header, the instruction, the
 input when there is one, then ``### Response:``) followed by the reference
@@ -359,7 +359,7 @@ def load_responses(path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------
-# The book's finetuning run (chapter 33), cached so chapter 34 reuses its model
+# The book's finetuning run (chapter 34), cached so chapter 35 reuses its model
 # ----------------------------------------------------------------------------------
 
 
@@ -486,7 +486,7 @@ def finetune(recipe: InstructionRecipe, device="cpu", progress: bool = True, ver
 
 def load_or_finetune(recipe: InstructionRecipe | None = None, device="cpu", progress: bool = True,
                      verbose: bool = False, retrain: bool = False):
-    """The model finetuned by ``recipe`` (chapter 33's run by default), loaded from the cache or trained now.
+    """The model finetuned by ``recipe`` (chapter 34's run by default), loaded from the cache or trained now.
 
     Returns ``(model, history)`` with the model in eval mode; the cache is
     ``llm_lib.train.checkpoint_path(recipe)``. ``verbose`` prints the training
