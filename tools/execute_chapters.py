@@ -19,12 +19,13 @@ import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.book import ROOT, setup_cell_source, write_generated  # noqa: E402
+from tools.book import CHAPTERS, ROOT, setup_cell_source, write_generated  # noqa: E402
 
 
-def sync_setup_cell(nb) -> None:
+def sync_setup_cell(nb, path: Path) -> None:
     first = next(c for c in nb.cells if c.cell_type == "code")
-    first.source = setup_cell_source()
+    chapter = next((c for c in CHAPTERS if c.path == path), None)
+    first.source = setup_cell_source(chapter)
     first.metadata.setdefault("tags", [])
     if "setup" not in first.metadata.tags:
         first.metadata.tags.append("setup")
@@ -45,7 +46,7 @@ def clean(nb) -> None:
 
 def execute(path: Path) -> float:
     nb = nbformat.read(path, as_version=4)
-    sync_setup_cell(nb)
+    sync_setup_cell(nb, path)
     start = time.perf_counter()
     NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
