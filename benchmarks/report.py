@@ -1,4 +1,4 @@
-"""Write the results in benchmarks/README.md and chapter 36 from the saved runs in benchmarks/results/.
+"""Write the results in benchmarks/README.md and chapters 32 and 36 from the saved runs in benchmarks/results/.
 
     python benchmarks/report.py           # rewrite the results sections of both
     python benchmarks/report.py --check   # exit 1 if either does not show the saved results
@@ -6,7 +6,7 @@
 A benchmark run with ``--json benchmarks/results/NAME.json`` saves its command,
 environment and table. This script puts them into the README between the
 markers ``<!-- results NAME ... -->`` and ``<!-- end of results NAME -->``, and
-into chapter 36's markdown between markers of the form
+into the chapters' markdown between markers of the form
 ``<!-- results NAME columns: a | b | c -->`` (only those columns, with a line
 saying where and when they were measured). So every table of results in the
 repository is exactly what a script measured. ``tests/test_benchmarks.py``
@@ -26,8 +26,8 @@ from common import markdown_table
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
-CHAPTER = HERE.parent / "chapters" / "36-making-it-fast.ipynb"
-NAMES = ["generation-cpu", "train-step-cpu", "train-gpu"]
+CHAPTERS = [HERE.parent / "chapters" / name for name in ("32-gpt2-to-llama.ipynb", "36-making-it-fast.ipynb")]
+NAMES = ["generation-cpu", "generation-smollm2-cpu", "train-step-cpu", "train-gpu"]
 ENVIRONMENT_KEYS = ["date", "gpu", "cuda", "cpu", "cpu bf16 instructions", "torch threads", "torch",
                     "transformers", "python"]
 
@@ -111,7 +111,7 @@ def updated_readme(text: str) -> str:
     return new
 
 
-def updated_chapter(nb) -> bool:
+def updated_chapter(nb, path: Path) -> bool:
     """Rewrite the results sections in the notebook's markdown cells; True if anything changed."""
     changed, found = False, []
     for cell in nb.cells:
@@ -122,7 +122,7 @@ def updated_chapter(nb) -> bool:
         if new != cell.source:
             cell.source, changed = new, True
     if not found:
-        raise SystemExit(f"{CHAPTER.name} has no results sections")
+        raise SystemExit(f"{path.name} has no results sections")
     return changed
 
 
@@ -130,25 +130,27 @@ def main(argv=None) -> int:
     import nbformat
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="only check that the README and chapter 36 are up to date")
+    p.add_argument("--check", action="store_true", help="only check that the README and chapters are up to date")
     args = p.parse_args(argv)
     text = README.read_text()
     new = updated_readme(text)
-    nb = nbformat.read(CHAPTER, as_version=4)
-    chapter_changed = updated_chapter(nb)
+    notebooks = {path: nbformat.read(path, as_version=4) for path in CHAPTERS}
+    changed = {path: updated_chapter(nb, path) for path, nb in notebooks.items()}
     if args.check:
-        stale = [str(path.relative_to(HERE.parent)) for path, changed in ((README, new != text),
-                                                                           (CHAPTER, chapter_changed)) if changed]
+        stale = [str(path.relative_to(HERE.parent)) for path, is_stale in ((README, new != text), *changed.items())
+                 if is_stale]
         if stale:
             print(f"{', '.join(stale)} do(es) not show benchmarks/results/: run python benchmarks/report.py",
                   file=sys.stderr)
             return 1
-        print("benchmarks/README.md and chapter 36 show benchmarks/results/")
+        print("benchmarks/README.md and the chapters show benchmarks/results/")
         return 0
     README.write_text(new)
-    if chapter_changed:
-        nbformat.write(nb, CHAPTER)
-    print(f"wrote {README.relative_to(HERE.parent)}" + (f" and {CHAPTER.name}" if chapter_changed else ""))
+    for path, nb in notebooks.items():
+        if changed[path]:
+            nbformat.write(nb, path)
+    rewritten = [path.name for path, is_changed in changed.items() if is_changed]
+    print(f"wrote {README.relative_to(HERE.parent)}" + "".join(f" and {name}" for name in rewritten))
     return 0
 
 if __name__ == "__main__":

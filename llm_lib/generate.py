@@ -61,8 +61,14 @@ class _NextLogits:
             return _last_logits(self.model, idx, self.context_size)
         if cache.length != idx.shape[1] - 1:  # first call (or an unexpected jump): run it all
             cache.reset()
-            return self.model(idx, kv_cache=cache)[:, -1, :]
-        return self.model(idx[:, -1:], kv_cache=cache)[:, -1, :]
+            return self._cached_last(idx)
+        return self._cached_last(idx[:, -1:])
+
+    def _cached_last(self, new_ids: torch.Tensor) -> torch.Tensor:
+        # The output head only where the next token is read: for a prompt of T tokens
+        # that is 1 row of the (vocab x emb_dim) product instead of T.
+        hidden = self.model.backbone(new_ids, kv_cache=self.cache)
+        return self.model.head(hidden[:, -1, :])
 
 
 @torch.no_grad()

@@ -136,3 +136,14 @@ def test_widgets_only_where_a_kernel_runs(chapter):
         if any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in c.get("outputs", [])):
             tags = c.metadata.get("tags", [])
             assert "remove-output" in tags and "nbval-ignore-output" in tags, c.source[:80]
+
+
+def test_code_shown_from_the_library_fits_the_page(chapter):
+    """``show_source`` listings render as code blocks: their lines must fit the page's code column too."""
+    _, nb = chapter
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            listing = o.get("data", {}).get("text/markdown", "")
+            if listing.startswith("```python"):
+                wide = [line for line in listing.splitlines() if len(line) > 80]
+                assert not wide, f"library code shown in the chapter is wider than 80 columns: {wide[:2]}"

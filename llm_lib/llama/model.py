@@ -26,6 +26,9 @@ from torch import nn
 from ..attention import LayerKVCache, _check_length
 from ..model import KVCache, check_token_ids
 
+# F.scaled_dot_product_attention shares key/value heads itself from torch 2.5.
+_SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
 __all__ = [
     "LlamaConfig",
     "RMSNorm",
@@ -211,13 +214,15 @@ class GroupedQueryAttention(nn.Module):
         q, k = self.rope(q, start), self.rope(k, start)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)        # (b, n_kv, start + T, hd)
-        # Each key/value head serves group_size neighbouring query heads.
-        k = k.repeat_interleave(self.group_size, dim=1)  # (b, nh, Tk, hd)
-        v = v.repeat_interleave(self.group_size, dim=1)
         return q, k, v, start
+
+    def _repeat_kv(self, t: torch.Tensor) -> torch.Tensor:
+        # Each key/value head serves group_size neighbouring query heads.
+        return t.repeat_interleave(self.group_size, dim=1)  # (b, nh, T, hd)
 
     def _weights(self, q: torch.Tensor, k: torch.Tensor,
                  start: int) -> torch.Tensor:
+        k = self._repeat_kv(k)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
         # Query i sits at position start + i and sees keys 0 .. start + i.
         num_queries, num_keys = scores.shape[-2:]
@@ -237,20 +242,28 @@ class GroupedQueryAttention(nn.Module):
         if self.fused:
             context = self._fused_context(q, k, v, start)
         else:
-            context = self._weights(q, k, start) @ v      # (b, nh, T, hd)
+            weights = self._weights(q, k, start)         # (b, nh, T, Tk)
+            context = weights @ self._repeat_kv(v)       # (b, nh, T, hd)
         b, _, num_tokens, _ = context.shape
         context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)
         return self.out_proj(context)
 
     def _fused_context(self, q, k, v, start: int) -> torch.Tensor:
-        # One fused kernel (chapter 36) computing what _weights(...) @ v does.
+        # One fused kernel (chapter 36) computing what _weights(...) @ v does;
+        # it reads the shared heads in place, without the repeated copies.
+        if _SDPA_GQA:
+            gqa = {"enable_gqa": True}
+        else:  # torch < 2.5
+            k, v, gqa = self._repeat_kv(k), self._repeat_kv(v), {}
         if start == 0:  # no cache: the square causal mask
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                  **gqa)
         if q.shape[-2] == 1:  # one new token sees every cached one
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, **gqa)
         allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool,
                              device=q.device).tril(start)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                              **gqa)
 
 
 class LlamaBlock(nn.Module):
