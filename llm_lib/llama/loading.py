@@ -149,7 +149,7 @@ def config_from_gguf(reader) -> LlamaConfig:
 
 
 def dequantize_q4_1(raw: np.ndarray) -> np.ndarray:
-    """Q4_1 blocks, ``(rows, 20 * blocks)`` bytes -> ``(rows, 32 * blocks)`` floats.
+    """Dequantise Q4_1: ``(rows, 20 * blocks)`` bytes -> 32 floats a block.
 
     A block of 32 weights is 20 bytes: a float16 scale ``d``, a float16
     minimum ``m``, then 16 bytes of 4-bit codes ``q`` (weights 0-15 in the
