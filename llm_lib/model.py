@@ -10,14 +10,16 @@ logits trimmed back), and a ``KVCache`` for generation.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import inspect
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from .attention import LayerKVCache
+from .config import GPT2_SIZES, GPTConfig
 from .layers import LayerNorm, TransformerBlock
 
 __all__ = [
@@ -26,78 +28,80 @@ __all__ = [
     "KVCache",
     "check_token_ids",
     "count_parameters",
+    "eval_mode",
+    "logits_at",
+    "select_positions",
     "init_gpt2_weights",
     "load_state_dict_checked",
     "GPT2_SIZES",
 ]
 
-# (emb_dim, n_heads, n_layers) of OpenAI's four released GPT-2 models.
-GPT2_SIZES = {
-    "small": (768, 12, 12),     # 124M
-    "medium": (1024, 16, 24),   # 355M
-    "large": (1280, 20, 36),    # 774M
-    "xl": (1600, 25, 48),       # 1558M
-}
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (no dropout) for the body of a ``with``, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
-@dataclass(frozen=True)
-class GPTConfig:
-    """Hyperparameters of a GPT model; ``GPTConfig.gpt2("small")`` is the 124M GPT-2."""
+def select_positions(hidden: torch.Tensor, positions=None) -> torch.Tensor:
+    """The hidden states ``(batch, tokens, d)`` at chosen positions, so the output head runs only there.
 
-    vocab_size: int = 50257      # GPT-2's BPE: 256 bytes + 50,000 merges + <|endoftext|>
-    context_length: int = 1024   # longest sequence the position embedding covers
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1
-    qkv_bias: bool = False       # OpenAI's checkpoints have these biases; we start without
-    fused_attention: bool = False  # True: F.scaled_dot_product_attention instead of the explicit path
-    fused_layers: bool = False   # True: F.layer_norm and F.gelu(approximate="tanh") instead of the formulas
-    tie_weights: bool = False    # True: the output head shares the token-embedding matrix
-    vocab_pad_multiple: int = 1  # e.g. 64: embedding and head get padded_vocab_size rows (50,304 for GPT-2)
+    ``positions`` is one of:
 
-    def __post_init__(self):
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "vocab_pad_multiple"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.emb_dim % self.n_heads:
-            raise ValueError(
-                f"emb_dim={self.emb_dim} must be divisible by n_heads={self.n_heads}"
-            )
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+    - ``None``: every position, ``(batch, tokens, d)``;
+    - an int, the same position in every row (``-1``: the last), ``(batch, d)``;
+    - a 1-D integer tensor, one position per row (the last real token of a
+      right-padded row, say), ``(batch, d)``;
+    - a boolean mask ``(batch, tokens)``, the positions where it is True, in
+      row-major order, ``(count, d)``.
+    """
+    if positions is None:
+        return hidden
+    batch, tokens = hidden.shape[:2]
+    if isinstance(positions, int):
+        if not -tokens <= positions < tokens:
+            raise ValueError(f"position {positions} is outside a sequence of {tokens} tokens")
+        return hidden[:, positions]
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be None, an int or a tensor, got {type(positions).__name__}")
+    positions = positions.to(hidden.device)
+    if positions.dtype == torch.bool:
+        if positions.shape != (batch, tokens):
+            raise ValueError(f"a boolean positions mask must have the ids' shape {(batch, tokens)}, "
+                             f"got {tuple(positions.shape)}")
+        return hidden[positions]
+    if positions.dim() != 1 or positions.shape[0] != batch or positions.is_floating_point():
+        raise ValueError(f"positions must hold one integer position per row ({batch}), "
+                         f"got shape {tuple(positions.shape)} of {positions.dtype}")
+    if not _is_compiling() and (positions.min() < -tokens or positions.max() >= tokens):
+        raise ValueError(f"positions {positions.tolist()} lie outside a sequence of {tokens} tokens")
+    return hidden[torch.arange(batch, device=hidden.device), positions]
 
-    @classmethod
-    def gpt2(cls, size: str = "small", **overrides) -> GPTConfig:
-        """One of GPT-2's four sizes ("small", "medium", "large", "xl"), with optional overrides."""
-        if size not in GPT2_SIZES:
-            raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {list(GPT2_SIZES)}")
-        emb_dim, n_heads, n_layers = GPT2_SIZES[size]
-        return cls(emb_dim=emb_dim, n_heads=n_heads, n_layers=n_layers, **overrides)
 
-    @property
-    def padded_vocab_size(self) -> int:
-        """``vocab_size`` rounded up to a multiple of ``vocab_pad_multiple`` (rows of tok_emb and out_head)."""
-        m = self.vocab_pad_multiple
-        return -(-self.vocab_size // m) * m
+def logits_at(model, ids: torch.Tensor, positions) -> torch.Tensor:
+    """The logits of ``model(ids)`` at ``positions`` (any form ``select_positions`` takes).
 
-    def replace(self, **changes) -> GPTConfig:
-        """A copy with some fields changed (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
+    llm_lib's models take ``positions`` themselves and run their output head
+    there alone. Any other model, such as a toy one written in a chapter that
+    maps ids to logits ``(batch, tokens, vocab)``, runs in full, and its logits
+    are selected afterwards: the same numbers, at the cost of the whole head.
+    """
+    if _takes_positions(model):
+        return model(ids, positions=positions)
+    return select_positions(model(ids), positions)
 
-    def num_parameters(self, tied: bool | None = None) -> int:
-        """Closed-form parameter count of ``GPTModel(self)``; ``tied`` counts the output head once.
 
-        Padding rows (``vocab_pad_multiple``) are counted: they are parameters of the model.
-        """
-        tied = self.tie_weights if tied is None else tied
-        d, v = self.emb_dim, self.padded_vocab_size
-        attention = 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d
-        feed_forward = d * 4 * d + 4 * d + 4 * d * d + d
-        block = attention + feed_forward + 2 * 2 * d  # two LayerNorms: scale and shift
-        embeddings = v * d + self.context_length * d
-        head = 0 if tied else v * d
-        return embeddings + self.n_layers * block + 2 * d + head
+def _takes_positions(model) -> bool:
+    forward = model.forward if isinstance(model, nn.Module) else model
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == "positions" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 class KVCache:
@@ -158,6 +162,11 @@ def check_token_ids(in_idx: torch.Tensor, vocab_size: int, context_length: int, 
     if in_idx.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"token ids must be integers, got {in_idx.dtype}")
     num_tokens = in_idx.shape[1]
+    if num_tokens == 0:
+        raise ValueError(
+            f"got an empty sequence of token ids, shape {tuple(in_idx.shape)}: the model needs at least "
+            f"one token to predict the next one (start from a prompt, or from <|endoftext|>)"
+        )
     if start_pos + num_tokens > context_length:
         if start_pos:
             raise ValueError(
@@ -253,16 +262,12 @@ class GPTModel(nn.Module):
     @torch.no_grad()
     def attention_weights(self, in_idx: torch.Tensor) -> torch.Tensor:
         """Every block's attention weights ``(n_layers, batch, n_heads, tokens, tokens)``, dropout off."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x = self.embed(in_idx)
             weights = []
             for block in self.trf_blocks:
                 weights.append(block.att.attention_weights(block.norm1(x)))
                 x = block(x)
-        finally:
-            self.train(was_training)
         return torch.stack(weights)
 
     def backbone(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -289,8 +294,14 @@ class GPTModel(nn.Module):
             logits = logits[..., :self.cfg.vocab_size]  # padding ids are never predicted
         return logits
 
-    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        return self.head(self.backbone(in_idx, kv_cache))
+    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None, positions=None) -> torch.Tensor:
+        """Token ids ``(batch, tokens)`` -> logits ``(batch, tokens, vocab_size)``.
+
+        ``positions`` keeps only some positions' logits, and runs the output
+        head there alone (see ``select_positions``): ``-1`` gives ``(batch,
+        vocab_size)`` for the next token.
+        """
+        return self.head(select_positions(self.backbone(in_idx, kv_cache), positions))
 
 
 @torch.no_grad()

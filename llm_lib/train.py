@@ -1,22 +1,25 @@
-"""Loss, evaluation, the pretraining loop and checkpoints (chapters 26-28); the fast path (35) and DDP (36)."""
+"""Training: the loss (chapter 26), its average over a loader (27), the training loop (28), and the
+fast path's training step and loop (chapter 36), which also runs on several processes (37).
+
+Checkpoints and the cache of trained models live in ``checkpoints``, the book's
+pretraining run in ``pretraining``, the process group in ``distributed`` and the
+loss plot in ``viz``. Their names can still be imported from here, as the
+chapters do (``from llm_lib.train import load_or_pretrain``).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import io
-import json
-import os
+import importlib
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .distributed import _is_ddp, _mean_over_ranks, _rank_and_world, unwrap_model
 from .generate import generate_text_simple, text_to_token_ids, token_ids_to_text
-from .model import GPTConfig, GPTModel, load_state_dict_checked
+from .model import eval_mode
 
 __all__ = [
     "calc_loss_batch",
@@ -24,28 +27,34 @@ __all__ = [
     "evaluate_model",
     "generate_and_print_sample",
     "train_model_simple",
-    "plot_losses",
-    "save_checkpoint",
-    "load_checkpoint",
-    "PretrainRecipe",
-    "pretrain",
-    "checkpoint_path",
-    "load_or_pretrain",
-    "load_or_train",
-    "exclusive_lock",
     "TrainOptions",
     "default_autocast_dtype",
     "autocast_context",
     "make_optimizer",
-    "unwrap_model",
     "train_step",
     "train_model",
-    "DistributedInfo",
-    "init_distributed",
-    "destroy_distributed",
-    "distributed_dataloader",
-    "weights_digest",
 ]
+
+# Names that moved to a module of their own, still importable from llm_lib.train. They are
+# looked up on first use (PEP 562), so this module does not import the ones that import it.
+_MOVED = {
+    "plot_losses": "viz",
+    **dict.fromkeys(("save_checkpoint", "load_checkpoint", "checkpoint_path", "exclusive_lock",
+                     "load_or_train"), "checkpoints"),
+    **dict.fromkeys(("PretrainRecipe", "pretrain", "load_or_pretrain"), "pretraining"),
+    **dict.fromkeys(("DistributedInfo", "init_distributed", "destroy_distributed", "distributed_dataloader",
+                     "weights_digest"), "distributed"),
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_MOVED])
 
 
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model,
@@ -72,13 +81,9 @@ def calc_loss_loader(data_loader, model, device="cpu", num_batches: int | None =
 @torch.no_grad()
 def evaluate_model(model, train_loader, val_loader, device="cpu", eval_iter: int = 5):
     """Training and validation loss over ``eval_iter`` batches each, in eval mode (no dropout)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
         val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
-    finally:
-        model.train(was_training)
     return train_loss, val_loss
 
 
@@ -133,222 +138,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     return train_losses, val_losses, track_tokens_seen
 
 
-def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, ax=None):
-    """Training and validation loss against epochs (bottom axis) and tokens seen (top axis); returns the figure."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-    else:
-        fig = ax.figure
-    ax.plot(epochs_seen, train_losses, label="training loss")
-    ax.plot(epochs_seen, val_losses, linestyle="--", label="validation loss")
-    ax.set_xlabel("epochs")
-    ax.set_ylabel("cross-entropy loss")
-    ax.set_title("Loss during pretraining")
-    ax.legend(loc="upper right")
-    top = ax.twiny()  # same curve, labelled by tokens seen
-    top.plot(tokens_seen, train_losses, alpha=0)
-    top.set_xlabel("tokens seen")
-    fig.tight_layout()
-    return fig
-
-
-def _unshared(state_dict: dict) -> dict:
-    """Copy tensors that share storage (a tied head), since safetensors stores each buffer once."""
-    seen, out = set(), {}
-    for key, tensor in state_dict.items():
-        ptr = tensor.untyped_storage().data_ptr()
-        out[key] = tensor.detach().clone().contiguous() if ptr in seen else tensor.detach().contiguous()
-        seen.add(ptr)
-    return out
-
-
-def save_checkpoint(path, model, optimizer=None, metadata: dict | None = None) -> Path:
-    """Save model weights (and optimizer state) without pickled code.
-
-    A ``.safetensors`` path stores the weights only, with ``metadata`` as JSON;
-    any other path is a ``torch.save`` file that ``load_checkpoint`` reads with
-    ``weights_only=True``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = dict(metadata or {})
-    if path.suffix == ".safetensors":
-        if optimizer is not None:
-            raise ValueError("a .safetensors checkpoint holds weights only; save optimizer state "
-                             "to a .pt path instead")
-        from safetensors.torch import save_file
-
-        save_file(_unshared(model.state_dict()), str(path),
-                  metadata={"llm_lib": json.dumps(metadata)})
-    else:
-        torch.save({"model": model.state_dict(),
-                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                    "metadata": metadata}, path)
-    return path
-
-
-def load_checkpoint(path, model, optimizer=None, map_location="cpu") -> dict:
-    """Load weights saved by ``save_checkpoint`` into ``model`` (and ``optimizer``); returns the metadata.
-
-    Shapes are checked first, so a checkpoint from another configuration
-    fails with the name of the parameter that does not fit.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path), device=str(map_location))
-        with safe_open(str(path), framework="pt") as f:
-            metadata = json.loads((f.metadata() or {}).get("llm_lib", "{}"))
-        opt_state = None
-    else:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        state_dict, opt_state = checkpoint["model"], checkpoint.get("optimizer")
-        metadata = checkpoint.get("metadata", {})
-    load_state_dict_checked(model, state_dict, source=str(path))
-    if optimizer is not None:
-        if opt_state is None:
-            raise ValueError(f"{path} holds no optimizer state")
-        optimizer.load_state_dict(opt_state)
-    return metadata
-
-
 # ----------------------------------------------------------------------------------
-# The book's pretraining run (chapter 28), cached so later chapters reuse its weights
-# ----------------------------------------------------------------------------------
-
-
-_CFG_FIELDS_OF_CHAPTER_28 = frozenset({"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
-                                       "drop_rate", "qkv_bias", "fused_attention", "tie_weights"})
-
-
-@dataclass(frozen=True)
-class PretrainRecipe:
-    """Everything that determines a pretraining run; equal recipes give the same weights on one machine."""
-
-    cfg: GPTConfig = field(default_factory=lambda: GPTConfig.gpt2("small", context_length=256))
-    seed: int = 123
-    dataset: str = "the-verdict.txt"
-    train_ratio: float = 0.9
-    batch_size: int = 2
-    num_epochs: int = 10
-    lr: float = 4e-4
-    weight_decay: float = 0.1
-    eval_freq: int = 5
-    eval_iter: int = 5
-    start_context: str = "Every effort moves you"
-
-    def key(self) -> str:
-        """A short hash of the recipe, used in the checkpoint's file name.
-
-        Config fields added after chapter 28 enter the hash only when they differ
-        from their defaults, so adding an option does not orphan cached weights.
-        """
-        fields = dataclasses.asdict(self)
-        defaults = dataclasses.asdict(GPTConfig())
-        fields["cfg"] = {name: value for name, value in fields["cfg"].items()
-                         if name in _CFG_FIELDS_OF_CHAPTER_28 or value != defaults[name]}
-        text = json.dumps(fields, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def loaders(self, tokenizer=None):
-        """(train, validation) loaders: the dataset split at ``train_ratio``, windows of the context length."""
-        from .data import create_dataloader
-        from .data_sources import load_text
-
-        text = load_text(self.dataset)
-        split = int(self.train_ratio * len(text))
-        common = dict(batch_size=self.batch_size, max_length=self.cfg.context_length,
-                      stride=self.cfg.context_length, tokenizer=tokenizer)
-        train = create_dataloader(text[:split], shuffle=True, drop_last=True, seed=self.seed, **common)
-        val = create_dataloader(text[split:], shuffle=False, drop_last=False, **common)
-        return train, val
-
-
-def pretrain(recipe: PretrainRecipe, device="cpu", progress: bool = True, verbose: bool = True):
-    """Run ``recipe`` from a seeded random model; returns ``(model, history)``.
-
-    ``history`` holds ``train_losses``, ``val_losses`` and ``tokens_seen`` as lists.
-    """
-    from .tokenizer import get_gpt2_encoding
-
-    tokenizer = get_gpt2_encoding()
-    torch.manual_seed(recipe.seed)
-    model = GPTModel(recipe.cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    train_loader, val_loader = recipe.loaders(tokenizer)
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        train_losses, val_losses, tokens_seen = train_model_simple(
-            model, train_loader, val_loader, optimizer, device, recipe.num_epochs, recipe.eval_freq,
-            recipe.eval_iter, recipe.start_context, tokenizer, progress=progress)
-    history = {"train_losses": train_losses, "val_losses": val_losses, "tokens_seen": tokens_seen}
-    return model, history
-
-
-def checkpoint_path(recipe: PretrainRecipe) -> Path:
-    """Where the weights of ``recipe`` are cached: ``$LLM_LIB_CHECKPOINT_DIR`` or ``~/.cache/llm_lib/checkpoints``."""
-    from .data_sources import cache_dir
-
-    folder = Path(os.environ.get("LLM_LIB_CHECKPOINT_DIR") or cache_dir() / "checkpoints")
-    stem = Path(recipe.dataset).stem
-    return folder / f"{stem}-{recipe.cfg.emb_dim}d{recipe.cfg.n_layers}l-seed{recipe.seed}-{recipe.key()}.safetensors"
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path):
-    """Hold an exclusive lock on ``path`` with the suffix ``.lock``, so parallel callers take turns."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def load_or_train(recipe, train_fn, device="cpu", progress: bool = True, verbose: bool = False,
-                  retrain: bool = False):
-    """The model of ``recipe`` from the checkpoint cache, or ``train_fn(recipe, device, progress=, verbose=)`` now.
-
-    ``train_fn`` returns ``(model, history)``; the result is saved at
-    ``checkpoint_path(recipe)`` with the recipe's key, and a lock file makes
-    concurrent callers (two notebooks run in parallel) wait for one training
-    run instead of each starting their own. Returns ``(model, history)``, the
-    model in eval mode. ``retrain`` trains even if a checkpoint exists.
-    """
-    path = checkpoint_path(recipe)
-    with exclusive_lock(path):
-        if retrain or not path.exists():
-            model, history = train_fn(recipe, device, progress=progress, verbose=verbose)
-            save_checkpoint(path, model, metadata={"recipe_key": recipe.key(), "history": history})
-        elif verbose:
-            print(f"loaded the trained weights from {path.name} (retrain=True trains again)")
-    model = GPTModel(recipe.cfg).to(device)
-    metadata = load_checkpoint(path, model, map_location=device)
-    if metadata.get("recipe_key") != recipe.key():
-        raise ValueError(f"{path} was not written by this recipe; delete it to retrain")
-    model.eval()
-    return model, metadata["history"]
-
-
-def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progress: bool = True,
-                     verbose: bool = False, retrain: bool = False):
-    """The model trained by ``recipe`` (chapter 28's run by default), loaded from the cache or trained now.
-
-    Returns ``(model, history)`` with the model in eval mode. ``verbose`` prints
-    the training log (losses, a sample per epoch) when training happens;
-    ``retrain`` trains even if a checkpoint exists. A lock file makes
-    concurrent callers (two notebooks run in parallel) wait for one training
-    run instead of each starting their own.
-    """
-    return load_or_train(recipe or PretrainRecipe(), pretrain, device, progress, verbose, retrain)
-
-
-# ----------------------------------------------------------------------------------
-# The fast training path (chapter 36) and training on several processes (chapter 37)
+# The fast training path (chapter 36), on one process or several (chapter 37)
 # ----------------------------------------------------------------------------------
 
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -416,23 +207,6 @@ def make_optimizer(model, lr: float = 4e-4, weight_decay: float = 0.1, fused: bo
                          f"{torch.__version__} ({err}); use fused=False") from err
 
 
-def unwrap_model(model):
-    """The plain model inside ``DistributedDataParallel`` and ``torch.compile`` wrappers (itself if none)."""
-    while True:
-        if hasattr(model, "_orig_mod"):      # torch.compile's OptimizedModule
-            model = model._orig_mod
-        elif _is_ddp(model):
-            model = model.module
-        else:
-            return model
-
-
-def _is_ddp(model) -> bool:
-    from torch.nn.parallel import DistributedDataParallel
-
-    return isinstance(model, DistributedDataParallel)
-
-
 def train_step(model, optimizer, input_batch: torch.Tensor, target_batch: torch.Tensor, device="cpu",
                options: TrainOptions | None = None, scaler=None) -> float:
     """One optimizer step on a batch ``(batch, tokens)``; returns its mean training loss.
@@ -472,26 +246,6 @@ def train_step(model, optimizer, input_batch: torch.Tensor, target_batch: torch.
     else:
         optimizer.step()
     return float(total)
-
-
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _mean_over_ranks(values: list[float], device) -> list[float]:
-    """Average numbers over all processes of the group (unchanged in a single process)."""
-    import torch.distributed as dist
-
-    _, world = _rank_and_world()
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return (t / world).tolist()
 
 
 def train_model(model, train_loader, val_loader, optimizer, device="cpu", num_epochs: int = 1,
@@ -554,91 +308,3 @@ def train_model(model, train_loader, val_loader, optimizer, device="cpu", num_ep
             generate_and_print_sample(inner, tokenizer, device, start_context, sample_tokens)
     bar.close()
     return train_losses, val_losses, track_tokens_seen
-
-
-@dataclass(frozen=True)
-class DistributedInfo:
-    """Where this process sits: its rank among ``world_size`` processes, its GPU (``local_rank``) and device."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    backend: str | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0, the process that prints and saves."""
-        return self.rank == 0
-
-
-def init_distributed(backend: str | None = None, device: str | None = None) -> DistributedInfo:
-    """Join the process group that ``torchrun`` describes in RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
-
-    The backend is ``nccl`` when CUDA is there (one GPU per process, picked by
-    LOCAL_RANK) and ``gloo`` on the CPU. Without those variables (a plain
-    ``python`` run) nothing is initialised and this is the only process.
-    """
-    import torch.distributed as dist
-
-    use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistributedInfo(device=torch.device("cuda" if use_cuda else "cpu"))
-    backend = backend or ("nccl" if use_cuda else "gloo")
-    if backend == "nccl" and not use_cuda:
-        raise ValueError("the nccl backend needs CUDA GPUs; use backend='gloo' on the CPU")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        this_device = torch.device("cuda", local_rank)
-    else:
-        this_device = torch.device("cpu")
-    dist.init_process_group(backend=backend)
-    return DistributedInfo(rank=dist.get_rank(), local_rank=local_rank, world_size=dist.get_world_size(),
-                           backend=backend, device=this_device)
-
-
-def destroy_distributed() -> None:
-    """Wait for every rank (a barrier), then leave the process group; does nothing in a single process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def distributed_dataloader(dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
-                           drop_last: bool = True, num_replicas: int | None = None,
-                           rank: int | None = None):
-    """A ``DataLoader`` over this rank's share of ``dataset``: batches ``(batch_size, ...)`` from a DistributedSampler.
-
-    The sampler shuffles all indices with ``seed`` (plus the epoch set by
-    ``set_epoch``), the same way on every rank, and rank r keeps every
-    ``num_replicas``-th index starting at r. ``num_replicas`` and ``rank`` default
-    to the initialised process group (1 and 0 without one).
-    """
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
-
-    group_rank, group_world = _rank_and_world()
-    num_replicas = group_world if num_replicas is None else num_replicas
-    rank = group_rank if rank is None else rank
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if drop_last and len(dataset) // num_replicas < batch_size:
-        raise ValueError(f"{len(dataset)} examples give each of {num_replicas} ranks only "
-                         f"{len(dataset) // num_replicas}, fewer than batch_size={batch_size}; "
-                         f"use a smaller batch size or fewer processes")
-    sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                 seed=seed, drop_last=drop_last)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
-
-
-def weights_digest(model) -> str:
-    """SHA-256 of every parameter and buffer (names, dtypes, shapes, bytes): equal digests mean equal weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unwrap_model(model).state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

@@ -24,6 +24,7 @@ __all__ = [
     "model_attention_explorer",
     "attention_explorer_widget",
     "sampling_explorer",
+    "plot_losses",
 ]
 
 _BLUES = "Blues"
@@ -279,3 +280,24 @@ def sampling_explorer(logits, labels, temperatures=(0.0, 0.3, 0.7, 1.0, 1.5, 2.5
 
 
 setup_plotly()
+
+
+def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, ax=None):
+    """Training and validation loss against epochs (bottom axis) and tokens seen (top axis); returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    ax.plot(epochs_seen, train_losses, label="training loss")
+    ax.plot(epochs_seen, val_losses, linestyle="--", label="validation loss")
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title("Loss during pretraining")
+    ax.legend(loc="upper right")
+    top = ax.twiny()  # same curve, labelled by tokens seen
+    top.plot(tokens_seen, train_losses, alpha=0)
+    top.set_xlabel("tokens seen")
+    fig.tight_layout()
+    return fig

@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-import urllib.error
-import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import hub
 from .data_sources import DataIntegrityError
+from .hub import hub_file  # noqa: F401  (importable from here, as before)
 from .model import GPT2_SIZES, GPTConfig, GPTModel, load_state_dict_checked
 
 __all__ = [
@@ -48,6 +49,9 @@ __all__ = [
     "gpt2_tensor_shapes",
     "load_gpt2_weights",
     "verify_gpt2_file",
+    "TensorName",
+    "TOP_TENSORS",
+    "BLOCK_TENSORS",
 ]
 
 HF_REPOS = {
@@ -79,30 +83,53 @@ def _strip_prefix(hf: dict) -> dict:
     return out
 
 
-def _block_map(i: int, hf: dict, d: int) -> dict[str, torch.Tensor]:
-    h = f"h.{i}."
-    ours = f"trf_blocks.{i}."
-    q_w, k_w, v_w = hf[h + "attn.c_attn.weight"].T.split(d, dim=0)
-    mapped = {
-        ours + "norm1.scale": hf[h + "ln_1.weight"],
-        ours + "norm1.shift": hf[h + "ln_1.bias"],
-        ours + "att.W_query.weight": q_w,
-        ours + "att.W_key.weight": k_w,
-        ours + "att.W_value.weight": v_w,
-        ours + "att.out_proj.weight": hf[h + "attn.c_proj.weight"].T,
-        ours + "att.out_proj.bias": hf[h + "attn.c_proj.bias"],
-        ours + "norm2.scale": hf[h + "ln_2.weight"],
-        ours + "norm2.shift": hf[h + "ln_2.bias"],
-        ours + "ff.layers.0.weight": hf[h + "mlp.c_fc.weight"].T,
-        ours + "ff.layers.0.bias": hf[h + "mlp.c_fc.bias"],
-        ours + "ff.layers.2.weight": hf[h + "mlp.c_proj.weight"].T,
-        ours + "ff.layers.2.bias": hf[h + "mlp.c_proj.bias"],
-    }
-    if h + "attn.c_attn.bias" in hf:
-        q_b, k_b, v_b = hf[h + "attn.c_attn.bias"].split(d)
-        mapped.update({ours + "att.W_query.bias": q_b, ours + "att.W_key.bias": k_b,
-                       ours + "att.W_value.bias": v_b})
-    return mapped
+@dataclass(frozen=True)
+class TensorName:
+    """One tensor of GPT-2 in both layouts: its Hugging Face name and ours, and how one becomes the other.
+
+    ``ours`` lists several names when one Hugging Face tensor holds several of
+    ours side by side (``c_attn``: the query, key and value projections, cut
+    along our first dimension). ``transposed``: OpenAI's "Conv1D" stores
+    ``(in, out)`` where ``nn.Linear`` keeps ``(out, in)``. ``shape`` gives the
+    Hugging Face shape from (emb_dim d, vocabulary v, context length c).
+    """
+
+    hf: str
+    ours: tuple[str, ...]
+    transposed: bool
+    shape: Callable[[int, int, int], tuple[int, ...]]
+
+
+_QKV = ("att.W_query", "att.W_key", "att.W_value")
+# Names inside the model; a block's names are relative to "h.N." and "trf_blocks.N.".
+TOP_TENSORS = (
+    TensorName("wte.weight", ("tok_emb.weight",), False, lambda d, v, c: (v, d)),
+    TensorName("wpe.weight", ("pos_emb.weight",), False, lambda d, v, c: (c, d)),
+    TensorName("ln_f.weight", ("final_norm.scale",), False, lambda d, v, c: (d,)),
+    TensorName("ln_f.bias", ("final_norm.shift",), False, lambda d, v, c: (d,)),
+)
+BLOCK_TENSORS = (
+    TensorName("ln_1.weight", ("norm1.scale",), False, lambda d, v, c: (d,)),
+    TensorName("ln_1.bias", ("norm1.shift",), False, lambda d, v, c: (d,)),
+    TensorName("ln_2.weight", ("norm2.scale",), False, lambda d, v, c: (d,)),
+    TensorName("ln_2.bias", ("norm2.shift",), False, lambda d, v, c: (d,)),
+    TensorName("attn.c_attn.weight", tuple(f"{n}.weight" for n in _QKV), True, lambda d, v, c: (d, 3 * d)),
+    TensorName("attn.c_attn.bias", tuple(f"{n}.bias" for n in _QKV), False, lambda d, v, c: (3 * d,)),
+    TensorName("attn.c_proj.weight", ("att.out_proj.weight",), True, lambda d, v, c: (d, d)),
+    TensorName("attn.c_proj.bias", ("att.out_proj.bias",), False, lambda d, v, c: (d,)),
+    TensorName("mlp.c_fc.weight", ("ff.layers.0.weight",), True, lambda d, v, c: (d, 4 * d)),
+    TensorName("mlp.c_fc.bias", ("ff.layers.0.bias",), False, lambda d, v, c: (4 * d,)),
+    TensorName("mlp.c_proj.weight", ("ff.layers.2.weight",), True, lambda d, v, c: (4 * d, d)),
+    TensorName("mlp.c_proj.bias", ("ff.layers.2.bias",), False, lambda d, v, c: (d,)),
+)
+
+
+def _tensor_names(n_layers: int) -> list[tuple[str, tuple[str, ...], TensorName]]:
+    """``(hf name, our names, row)`` for every tensor of a GPT-2 with ``n_layers`` blocks."""
+    rows = [(t.hf, t.ours, t) for t in TOP_TENSORS]
+    for i in range(n_layers):
+        rows += [(f"h.{i}.{t.hf}", tuple(f"trf_blocks.{i}.{o}" for o in t.ours), t) for t in BLOCK_TENSORS]
+    return rows
 
 
 @torch.no_grad()
@@ -128,16 +155,14 @@ def load_gpt2_weights(model, state_dict_or_path) -> None:
     if d != cfg.emb_dim:
         raise ValueError(f"the checkpoint's wte.weight has embedding size {d}, the model's "
                          f"emb_dim is {cfg.emb_dim}")
-    ours = {
-        "tok_emb.weight": hf["wte.weight"],
-        "pos_emb.weight": hf["wpe.weight"],
-        "final_norm.scale": hf["ln_f.weight"],
-        "final_norm.shift": hf["ln_f.bias"],
-        # GPT-2 ties its output head to the token embedding; a separate lm_head, if present, wins.
-        "out_head.weight": hf.get("lm_head.weight", hf["wte.weight"]),
-    }
-    for i in range(n_blocks):
-        ours.update(_block_map(i, hf, d))
+    ours = {"out_head.weight": hf.get("lm_head.weight", hf["wte.weight"])}  # a separate lm_head, if any, wins
+    for hf_name, our_names, row in _tensor_names(n_blocks):
+        if hf_name not in hf:
+            if hf_name.endswith("attn.c_attn.bias"):
+                continue  # a model with qkv_bias=True then reports these biases as missing
+            raise ValueError(f"the GPT-2 state dict has no {hf_name!r}")
+        tensor = hf[hf_name].T if row.transposed else hf[hf_name]
+        ours.update(zip(our_names, tensor.chunk(len(our_names), dim=0), strict=True))
     load_state_dict_checked(model, {k: v.contiguous() for k, v in ours.items()},
                             source="GPT-2 state dict")
 
@@ -152,30 +177,13 @@ def export_gpt2_state_dict(model, prefix: str = "transformer.") -> dict[str, tor
     """
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     cfg = model.cfg
-    out = {
-        "wte.weight": sd["tok_emb.weight"],
-        "wpe.weight": sd["pos_emb.weight"],
-        "ln_f.weight": sd["final_norm.scale"],
-        "ln_f.bias": sd["final_norm.shift"],
-    }
-    for i in range(cfg.n_layers):
-        h, b = f"h.{i}.", f"trf_blocks.{i}."
-        att = b + "att."
-        out[h + "ln_1.weight"], out[h + "ln_1.bias"] = sd[b + "norm1.scale"], sd[b + "norm1.shift"]
-        out[h + "ln_2.weight"], out[h + "ln_2.bias"] = sd[b + "norm2.scale"], sd[b + "norm2.shift"]
-        out[h + "attn.c_attn.weight"] = torch.cat(
-            [sd[att + f"W_{n}.weight"] for n in ("query", "key", "value")], dim=0).T
-        if cfg.qkv_bias:
-            out[h + "attn.c_attn.bias"] = torch.cat(
-                [sd[att + f"W_{n}.bias"] for n in ("query", "key", "value")])
-        else:
-            out[h + "attn.c_attn.bias"] = torch.zeros(3 * cfg.emb_dim)
-        out[h + "attn.c_proj.weight"] = sd[att + "out_proj.weight"].T
-        out[h + "attn.c_proj.bias"] = sd[att + "out_proj.bias"]
-        out[h + "mlp.c_fc.weight"] = sd[b + "ff.layers.0.weight"].T
-        out[h + "mlp.c_fc.bias"] = sd[b + "ff.layers.0.bias"]
-        out[h + "mlp.c_proj.weight"] = sd[b + "ff.layers.2.weight"].T
-        out[h + "mlp.c_proj.bias"] = sd[b + "ff.layers.2.bias"]
+    out = {}
+    for hf_name, our_names, row in _tensor_names(cfg.n_layers):
+        if our_names[0] not in sd:  # no query/key/value biases: the layout has them, as zeros
+            out[hf_name] = torch.zeros(row.shape(cfg.emb_dim, cfg.vocab_size, cfg.context_length))
+            continue
+        tensor = torch.cat([sd[name] for name in our_names], dim=0)
+        out[hf_name] = tensor.T if row.transposed else tensor
     result = {prefix + k: v.contiguous() for k, v in out.items()}
     if model.out_head.weight is not model.tok_emb.weight:
         result["lm_head.weight"] = sd["out_head.weight"].contiguous()
@@ -205,20 +213,8 @@ def gpt2_tensor_shapes(size_or_cfg: str | GPTConfig = "small") -> dict[str, tupl
     attention always has biases (``c_attn.bias``), as in OpenAI's checkpoints.
     """
     cfg, _ = _config_of(size_or_cfg)
-    d, v = cfg.emb_dim, cfg.vocab_size
-    shapes = {"wte.weight": (v, d), "wpe.weight": (cfg.context_length, d)}
-    for i in range(cfg.n_layers):
-        h = f"h.{i}."
-        shapes.update({
-            h + "ln_1.weight": (d,), h + "ln_1.bias": (d,),
-            h + "attn.c_attn.weight": (d, 3 * d), h + "attn.c_attn.bias": (3 * d,),
-            h + "attn.c_proj.weight": (d, d), h + "attn.c_proj.bias": (d,),
-            h + "ln_2.weight": (d,), h + "ln_2.bias": (d,),
-            h + "mlp.c_fc.weight": (d, 4 * d), h + "mlp.c_fc.bias": (4 * d,),
-            h + "mlp.c_proj.weight": (4 * d, d), h + "mlp.c_proj.bias": (d,),
-        })
-    shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
-    return shapes
+    return {hf_name: row.shape(cfg.emb_dim, cfg.vocab_size, cfg.context_length)
+            for hf_name, _, row in _tensor_names(cfg.n_layers)}
 
 
 def verify_gpt2_file(path: str | os.PathLike, size_or_cfg: str | GPTConfig = "small") -> Path:
@@ -266,130 +262,8 @@ def verify_gpt2_file(path: str | os.PathLike, size_or_cfg: str | GPTConfig = "sm
 
 
 # ----------------------------------------------------------------------------------
-# Downloading OpenAI's checkpoints from the Hugging Face hub
+# OpenAI's checkpoints from the Hugging Face hub
 # ----------------------------------------------------------------------------------
-
-HF_URL = "https://huggingface.co"
-PROBE_TIMEOUT_S = 5.0  # how long to wait for the hub to answer before calling the machine offline
-
-
-def _hub_downloader():
-    """``huggingface_hub.hf_hub_download`` when that package is installed, else None."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        return None
-    return hf_hub_download
-
-
-def _hub_cached(repo: str, cache_dir, filename: str = "model.safetensors") -> Path | None:
-    """The hub's cached ``filename`` of ``repo``, if huggingface_hub has one, else None."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
-    return Path(found) if isinstance(found, str) else None
-
-
-def _hub_endpoint() -> str:
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return HF_URL
-    return constants.ENDPOINT.rstrip("/")
-
-
-def _check_reachable(site: str, file_url: str, timeout: float | None = None) -> None:
-    """Raise ``ConnectionError`` within ``timeout`` (default ``PROBE_TIMEOUT_S``) seconds unless ``site`` answers.
-
-    The hub's own client retries for about half a minute before giving up; this
-    probe (in a thread, so a hanging DNS lookup cannot stall it) tells an
-    offline machine at once.
-    """
-    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
-    outcome: list[BaseException | None] = []
-
-    def probe():
-        request = urllib.request.Request(site + "/", method="HEAD", headers={"User-Agent": "llm_lib"})
-        try:
-            urllib.request.urlopen(request, timeout=timeout).close()
-        except urllib.error.HTTPError:
-            pass  # an error status is still an answer: the network works
-        except Exception as exc:
-            outcome.append(exc)
-            return
-        outcome.append(None)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if outcome and outcome[0] is None:
-        return
-    reason = outcome[0] if outcome else f"no answer within {timeout:g} s"
-    raise ConnectionError(
-        f"could not download {file_url}: {site} cannot be reached ({reason}). This needs a network "
-        f"connection; on an offline machine, copy the file over from one that has it and pass its "
-        f"path to load_gpt2_weights"
-    )
-
-
-def _check_online_allowed(file_url: str) -> None:
-    """Raise ``ConnectionError`` if ``HF_HUB_OFFLINE`` (the hub's own switch) forbids downloads."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}:
-        raise ConnectionError(f"could not download {file_url}: HF_HUB_OFFLINE is set, and the file is "
-                              f"not in the cache")
-
-
-def _check_hub_sha256(path: Path) -> None:
-    """Hash a file just fetched by huggingface_hub: its cache names large files by their SHA-256."""
-    from .data_sources import sha256_of
-
-    blob = path.resolve()
-    if re.fullmatch(r"[0-9a-f]{64}", blob.name) and (actual := sha256_of(blob)) != blob.name:
-        raise DataIntegrityError(
-            f"{path} does not match the SHA-256 the hub gave for it: expected {blob.name}, got "
-            f"{actual}; delete {blob} and download it again"
-        )
-
-
-def hub_file(repo: str, filename: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of ``filename`` in the Hugging Face hub repository ``repo``, downloaded once.
-
-    With ``huggingface_hub`` installed, the file goes to its cache (or
-    ``cache_dir``) with its progress bar, and a fresh download of a large file is
-    checked against the SHA-256 the hub gives; otherwise plain HTTPS with a
-    progress bar, the byte count checked against the server's Content-Length.
-    Offline, or with ``HF_HUB_OFFLINE=1`` and no cached copy, raises
-    ``ConnectionError`` within seconds.
-    """
-    hf_hub_download = _hub_downloader()
-    if hf_hub_download is not None:
-        path = _hub_cached(repo, cache_dir, filename)
-        if path is None:
-            endpoint = _hub_endpoint()
-            _check_online_allowed(f"{endpoint}/{repo}/resolve/main/{filename}")
-            _check_reachable(endpoint, f"{endpoint}/{repo}/resolve/main/{filename}")
-            try:
-                path = Path(hf_hub_download(repo, filename, cache_dir=cache_dir))
-            except Exception as exc:  # the hub raises several types for "no network"
-                raise ConnectionError(
-                    f"could not download {repo}/{filename} from the Hugging Face hub ({exc}); "
-                    f"this needs a network connection"
-                ) from exc
-            _check_hub_sha256(path)
-        return path
-
-    from .data_sources import cache_dir as default_cache_dir
-    from .data_sources import download
-
-    url = f"{HF_URL}/{repo}/resolve/main/{filename}"
-    path = Path(cache_dir or default_cache_dir() / "hub") / repo / filename
-    if not path.is_file():
-        _check_online_allowed(url)
-        _check_reachable(HF_URL, url)
-        download(url, path, timeout=60, desc=f"{repo}/{filename}")  # checks the byte count
-    return path
 
 
 def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = None) -> Path:
@@ -400,11 +274,11 @@ def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = Non
     """
     if size not in HF_REPOS:
         raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {list(GPT2_SIZES)}")
-    path = hub_file(HF_REPOS[size], "model.safetensors", cache_dir)
+    path = hub.hub_file(HF_REPOS[size], "model.safetensors", cache_dir)
     try:
         return verify_gpt2_file(path, size)
     except DataIntegrityError:
-        if _hub_downloader() is None:
+        if hub._hub_downloader() is None:
             path.unlink()  # a fresh plain-HTTPS download that is not GPT-2 `size`: do not keep it
         raise
 

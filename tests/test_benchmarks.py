@@ -41,6 +41,13 @@ def test_generation_benchmark_gives_the_same_tokens_every_way():
     assert all(r[-1] == "yes" for r in rows)  # the cache and Hugging Face agree with the uncached path
 
 
+def test_bpe_benchmark_learns_the_same_merges_and_ids_every_way():
+    rows = _table_rows(_run("bpe.py", "--tiny"), "task")
+    assert [(r[0], r[-1]) for r in rows if "Hugging Face" not in r[1]] == [
+        ("train", "(reference)"), ("train", "yes"),
+        ("encode", "(reference)"), ("encode", "yes"), ("encode", "yes"), ("encode", "yes")]
+
+
 def test_cpu_training_benchmark_reports_every_variant():
     rows = _table_rows(_run("train_step_cpu.py", "--tiny", "--steps", "1", "--warmup", "0"), "variant")
     assert [r[0] for r in rows] == ["teaching", "fast fp32", "fast bf16", "HF fp32", "HF bf16"]

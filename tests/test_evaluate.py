@@ -34,7 +34,7 @@ from llm_lib.evaluate import (
     score_multiple_choice,
     subsample,
 )
-from llm_lib.model import GPTConfig, GPTModel
+from llm_lib.model import GPTConfig, GPTModel, select_positions
 from llm_lib.tokenizer import get_gpt2_encoding
 
 TOKENIZER = get_gpt2_encoding()
@@ -118,8 +118,8 @@ class FixedLetterModel(nn.Module):
         self.logits = torch.zeros(VOCAB)
         self.logits[LETTER_IDS] = torch.tensor(letter_logits)
 
-    def forward(self, ids):
-        return self.logits.expand(*ids.shape, VOCAB)
+    def forward(self, ids, positions=None):  # positions: as llm_lib's models take them
+        return select_positions(self.logits.expand(*ids.shape, VOCAB), positions)
 
 
 class PositionModel(nn.Module):
@@ -129,13 +129,13 @@ class PositionModel(nn.Module):
         super().__init__()
         self.context_length = context_length
 
-    def forward(self, ids):
+    def forward(self, ids, positions=None):
         if self.context_length is not None:
             assert ids.shape[1] <= self.context_length
         logits = torch.zeros(*ids.shape, VOCAB)
         for t in range(ids.shape[1]):
             logits[:, t, LETTER_IDS[t % 4]] = 5.0
-        return logits
+        return select_positions(logits, positions)
 
 
 def test_scorer_on_a_hand_made_example():

@@ -81,7 +81,9 @@ def test_long_prompts_are_cropped_to_the_context(model):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"temperature": -0.1}, "temperature must be >= 0"),
+    ({"temperature": -0.1}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("nan")}, r"temperature must be a finite number >= 0 .*, got nan"),
+    ({"temperature": float("inf")}, r"temperature must be a finite number >= 0 .*, got inf"),
     ({"temperature": 1.0, "top_k": 0}, "top_k must be at least 1"),
 ])
 def test_bad_sampling_arguments(model, kwargs, message):

@@ -172,6 +172,16 @@ def test_kv_cache_gives_the_same_logits(fused, sdpa_gqa):
     assert cache.layers[0].keys.shape[1] == TINY.n_kv_heads  # only the shared heads are stored
 
 
+def test_logits_at_chosen_positions_equal_the_full_forward_sliced():
+    model = ours_from(hf_model())
+    ids = _ids(tokens=6)
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, positions=-1), full[:, -1])
+        last = torch.arange(ids.shape[0]) % ids.shape[1]
+        torch.testing.assert_close(model(ids, positions=last), full[torch.arange(ids.shape[0]), last])
+
+
 def test_generate_matches_transformers_greedy_and_respects_eos():
     hf = hf_model()
     ours = ours_from(hf)
@@ -217,6 +227,8 @@ def test_bad_configurations_and_inputs_get_clear_errors():
         model(torch.tensor([[3, 101]]))
     with pytest.raises(ValueError, match="batch dimension"):
         model(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="empty sequence"):
+        model(torch.zeros(2, 0, dtype=torch.long))
     cache = model.new_kv_cache(max_tokens=8)
     with torch.no_grad():
         model(torch.zeros(1, 8, dtype=torch.long), kv_cache=cache)

@@ -144,6 +144,11 @@ def test_token_outside_vocabulary_names_its_size(bad):
         GPTModel(SMALL)(ids)
 
 
+def test_an_empty_sequence_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"empty sequence of token ids, shape \(1, 0\)"):
+        GPTModel(SMALL)(torch.zeros(1, 0, dtype=torch.long))
+
+
 def test_missing_batch_dimension_is_explained():
     with pytest.raises(ValueError, match="unsqueeze"):
         GPTModel(SMALL)(torch.zeros(4, dtype=torch.long))
@@ -445,3 +450,46 @@ def test_kv_cache_must_fit_the_model():
         model(torch.zeros(2, 2, dtype=torch.long), kv_cache=cache)
         with pytest.raises(ValueError, match="one cache per batch"):
             model(torch.zeros(3, 1, dtype=torch.long), kv_cache=cache)
+
+
+def test_logits_at_chosen_positions_equal_the_full_forward_sliced():
+    torch.manual_seed(3)
+    model = GPTModel(SMALL).eval()
+    ids = torch.randint(0, SMALL.vocab_size, (3, 7))
+    full = model(ids)
+    torch.testing.assert_close(model(ids, positions=-1), full[:, -1])
+    torch.testing.assert_close(model(ids, positions=2), full[:, 2])
+    last = torch.tensor([6, 0, 3])
+    torch.testing.assert_close(model(ids, positions=last), full[torch.arange(3), last])
+    mask = torch.rand(3, 7) > 0.5
+    torch.testing.assert_close(model(ids, positions=mask), full[mask])
+
+
+@pytest.mark.parametrize("positions, message", [
+    (7, "position 7 is outside a sequence of 7 tokens"),
+    (torch.tensor([0, 7, 1]), "outside a sequence of 7 tokens"),
+    (torch.tensor([0, 1]), "one integer position per row"),
+    (torch.tensor([0.0, 1.0, 2.0]), "one integer position per row"),
+    (torch.ones(3, 6, dtype=torch.bool), "must have the ids' shape"),
+])
+def test_bad_positions_are_named(positions, message):
+    with pytest.raises(ValueError, match=message):
+        GPTModel(SMALL)(torch.zeros(3, 7, dtype=torch.long), positions=positions)
+
+
+def test_logits_at_serves_our_models_and_any_other():
+    from llm_lib.model import logits_at
+
+    torch.manual_seed(4)
+    model = GPTModel(SMALL).eval()
+    ids = torch.randint(0, SMALL.vocab_size, (2, 5))
+    rows = []  # our model runs its head at the chosen positions only
+    hook = model.out_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1].numel()))
+    torch.testing.assert_close(logits_at(model, ids, -1), model(ids)[:, -1])
+    hook.remove()
+    assert rows == [2, 2 * 5]
+
+    def toy(idx):  # a model written in a chapter: ids -> logits, no positions argument
+        return model(idx)
+
+    torch.testing.assert_close(logits_at(toy, ids, torch.tensor([1, 3])), model(ids)[torch.arange(2), [1, 3]])

@@ -128,6 +128,14 @@ def test_tokenizer_encodes_as_the_reference(ours, reference_tokenizer_as_trained
         assert ids == reference[1].encode(text)
 
 
+@pytest.mark.parametrize("text", CORPUS)
+def test_streaming_encodes_the_corpus_as_a_whole(ours, text):
+    tokenizer = ours[1]
+    for size in (1, 3, 7):
+        chunks = [text[i:i + size] for i in range(0, len(text), size)]
+        assert list(tokenizer.encode_iterable(chunks, allowed_special="all", block=1)) == tokenizer.encode(text)
+
+
 def test_transformers_gguf_split_differs_only_before_digits(ours, reference):
     tokenizer = ours[1]
     assert tokenizer.encode("a  2") == tokenizer.encode("a  ") + tokenizer.encode("2")

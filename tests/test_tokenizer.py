@@ -17,6 +17,7 @@ from llm_lib.tokenizer import (
     BPETokenizer,
     GPT2Tokenizer,
     MergeStep,
+    PairCounts,
     SimpleTokenizerV1,
     SimpleTokenizerV2,
     build_vocab,
@@ -24,6 +25,7 @@ from llm_lib.tokenizer import (
     get_gpt2_encoding,
     get_pair_counts,
     merge_pair,
+    reference_merges,
     split_text,
 )
 
@@ -398,3 +400,86 @@ def test_gpt2_rejects_mismatched_files(tmp_path):
     bad_merges.write_text("#version: 0.2\nĠ t\nqq zz\n", encoding="utf-8")
     with pytest.raises(ValueError, match="not a matching GPT-2"):
         GPT2Tokenizer.from_files(data_path("gpt2/encoder.json"), bad_merges)
+
+
+# ---------------------------------------------------------------- the incremental trainer
+
+
+def _pieces(text):
+    from llm_lib.tokenizer.bpe_training import BPETokenizer as Trainer
+
+    return Trainer()._training_pieces(text, ())
+
+
+@pytest.mark.parametrize("source, num_merges", [("the-verdict.txt", 744), ("tinyshakespeare.txt", 300)])
+def test_incremental_counts_learn_the_reference_loops_merges(source, num_merges):
+    text = load_text(source)[:60_000]
+    learned = [step.pair for step in BPETokenizer().train_steps(text, num_merges)]
+    assert learned == reference_merges(*_pieces(text), num_merges)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=mixed_text, num_merges=st.integers(0, 40))
+def test_incremental_counts_break_ties_like_the_reference(text, num_merges):
+    # short random texts are full of equally frequent pairs: the first one met must win
+    reference = reference_merges(*_pieces(text), num_merges)
+    tok = BPETokenizer()
+    learned = [step.pair for step in itertools.islice(tok.train_steps(text, num_merges, ()), len(reference))]
+    assert learned == reference
+    counts = PairCounts(*_pieces(text))
+    for k, pair in enumerate(reference):  # the counts stay those of a full recount
+        counts.merge(pair, 256 + k)
+    recount = {}
+    for word, weight in zip(counts.words, counts.weights, strict=True):
+        get_pair_counts(word, recount, weight)
+    assert counts.counts == recount
+
+
+def test_special_tokens_never_enter_a_merge():
+    stories = f"Once upon a time there was a cat.{ENDOFTEXT}The dog ran home.{ENDOFTEXT}" * 40
+    tok = BPETokenizer()
+    tok.train(stories, vocab_size=280)
+    learned = {tok.vocab[step.new_id] for step in tok.history}
+    assert not {b for b in learned if b"<|" in b or b"|>" in b or b"endoftext" in b}
+    mixed = BPETokenizer()  # the control: the same text with <|endoftext|> left in
+    mixed.train(stories, vocab_size=280, special_tokens=())
+    assert any(b"endoftext" in mixed.vocab[step.new_id] for step in mixed.history)
+    tok.register_special_tokens({ENDOFTEXT: 280})
+    assert tok.encode(ENDOFTEXT, allowed_special="all") == [280]
+
+
+# ---------------------------------------------------------------- streaming
+
+
+@PROPERTY
+@given(text=mixed_text, cuts=st.lists(st.integers(0, 200), max_size=8), allow=st.booleans())
+def test_streaming_gives_the_ids_of_the_whole_text(bpe_1000, gpt2, text, cuts, allow):
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    cuttings = [[text[a:b] for a, b in itertools.pairwise(bounds)]]
+    cuttings += [[text[i:i + size] for i in range(0, len(text), size)] for size in (1, 2, 3, 5)]
+    for tok in (bpe_1000, gpt2):
+        special = "all" if allow else frozenset()
+        whole = tok.encode(text, allowed_special=special, disallowed_special=())
+        for chunks in cuttings:
+            assert list(tok.encode_iterable(chunks, allowed_special=special, block=1)) == whole
+        assert list(tok.encode_iterable(cuttings[1], allowed_special=special)) == whole  # gathered
+
+
+def test_streaming_joins_a_surrogate_pair_cut_between_chunks(gpt2):
+    assert list(gpt2.encode_iterable(["a \ud83d", "\ude00 b"], block=1)) == gpt2.encode("a \ud83d\ude00 b")
+    assert list(gpt2.encode_iterable(["x\ud800", ""], block=1)) == gpt2.encode("x\ud800")  # a lone one: U+FFFD
+
+
+def test_streaming_a_file_holds_only_its_unfinished_end(gpt2, tiktoken_gpt2, tmp_path):
+    import tracemalloc
+
+    text = load_text("tinyshakespeare.txt")
+    path = tmp_path / "big.txt"
+    path.write_text(text * 2, encoding="utf-8")
+    tracemalloc.start()
+    with open(path, encoding="utf-8") as f:
+        count = sum(1 for _ in gpt2.encode_iterable(f))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == len(tiktoken_gpt2.encode_ordinary(text * 2))
+    assert peak < 5_000_000  # the file is 2.2 MB; encoding it whole holds several times that

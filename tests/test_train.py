@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_lib import train as train_module
+from llm_lib import checkpoints, pretraining
 from llm_lib.data import create_dataloader
 from llm_lib.data_sources import load_text
 from llm_lib.model import GPTConfig, GPTModel
@@ -137,10 +137,13 @@ def test_recipe_key_depends_on_config_and_seed():
     assert checkpoint_path(TINY_RECIPE) != checkpoint_path(dataclasses.replace(TINY_RECIPE, seed=7))
 
 
-def test_chapter_28_recipe_key_is_stable():
-    # Readers' caches hold weights under this key; a new GPTConfig option at its default must not change it.
-    assert PretrainRecipe().key() == "56575223c500"
-    assert PretrainRecipe(cfg=PretrainRecipe().cfg.replace(tie_weights=True)).key() != "56575223c500"
+def test_chapter_28_recipe_key_is_stable(monkeypatch):
+    # Readers' caches hold weights under this key (chapter 28 prints it); a new GPTConfig option at its
+    # default must not change it, and a new version of the training code must.
+    assert PretrainRecipe().key() == "affdc9b07f90"
+    assert PretrainRecipe(cfg=PretrainRecipe().cfg.replace(tie_weights=True)).key() != "affdc9b07f90"
+    monkeypatch.setattr(checkpoints, "TRAINING_CODE_VERSION", checkpoints.TRAINING_CODE_VERSION + 1)
+    assert PretrainRecipe().key() != "affdc9b07f90"
 
 
 def test_load_or_pretrain_trains_once_then_loads(tmp_path, monkeypatch):
@@ -152,7 +155,7 @@ def test_load_or_pretrain_trains_once_then_loads(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached weights should have been used")
 
-    monkeypatch.setattr(train_module, "pretrain", no_training)
+    monkeypatch.setattr(pretraining, "pretrain", no_training)
     again, history_again = load_or_pretrain(TINY_RECIPE)
     ids = torch.randint(0, TINY.vocab_size, (1, 8))
     torch.testing.assert_close(again(ids), model(ids), rtol=0, atol=0)
@@ -172,7 +175,7 @@ def test_parallel_callers_share_one_training_run(tmp_path, monkeypatch):
         torch.manual_seed(recipe.seed)
         return GPTModel(recipe.cfg), {"train_losses": [1.0], "val_losses": [1.0], "tokens_seen": [1]}
 
-    monkeypatch.setattr(train_module, "pretrain", slow_pretrain)
+    monkeypatch.setattr(pretraining, "pretrain", slow_pretrain)
     threads = [threading.Thread(target=load_or_pretrain, args=(TINY_RECIPE,)) for _ in range(2)]
     for t in threads:
         t.start()

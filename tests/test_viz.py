@@ -95,7 +95,7 @@ def test_sampling_explorer_rejects_bad_input():
 
     with pytest.raises(ValueError, match="3 labels for a vocabulary of 4"):
         sampling_explorer(torch.zeros(4), ["a", "b", "c"])
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         sampling_explorer(torch.zeros(4), list("abcd"), temperatures=(-1.0,))
 
 

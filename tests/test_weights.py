@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llm_lib import weights
+from llm_lib import hub, weights
 from llm_lib.data_sources import DataIntegrityError, sha256_of
 from llm_lib.generate import generate_text_simple
 from llm_lib.model import GPT2_SIZES, GPTConfig, GPTModel
@@ -216,7 +216,7 @@ def test_offline_hub_gives_a_connection_error(monkeypatch, tmp_path):
     def unreachable(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: unreachable)
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: unreachable)
     with pytest.raises(ConnectionError, match="openai-community/gpt2-medium"):
         weights.download_gpt2("medium", cache_dir=tmp_path)
 
@@ -224,7 +224,7 @@ def test_offline_hub_gives_a_connection_error(monkeypatch, tmp_path):
 def test_unreachable_hub_fails_within_seconds(monkeypatch, tmp_path):
     # The real hf_hub_download retries for about 25 s; the probe must answer first.
     pytest.importorskip("huggingface_hub")
-    monkeypatch.setattr(weights, "_hub_endpoint", lambda: "http://127.0.0.1:9")  # refused at once
+    monkeypatch.setattr(hub, "_hub_endpoint", lambda: "http://127.0.0.1:9")  # refused at once
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match="127.0.0.1:9 cannot be reached"):
         weights.download_gpt2("small", cache_dir=tmp_path)
@@ -235,9 +235,9 @@ def test_silent_server_times_out(monkeypatch, tmp_path):
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
-        monkeypatch.setattr(weights, "_hub_downloader", lambda: None)
-        monkeypatch.setattr(weights, "HF_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        monkeypatch.setattr(weights, "PROBE_TIMEOUT_S", 0.5)
+        monkeypatch.setattr(hub, "_hub_downloader", lambda: None)
+        monkeypatch.setattr(hub, "HF_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(hub, "PROBE_TIMEOUT_S", 0.5)
         start = time.perf_counter()
         with pytest.raises(ConnectionError, match="cannot be reached"):
             weights.download_gpt2("large", cache_dir=tmp_path)
@@ -245,8 +245,8 @@ def test_silent_server_times_out(monkeypatch, tmp_path):
 
 
 def test_offline_plain_http_gives_a_connection_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: None)
-    monkeypatch.setattr(weights, "HF_URL", "http://127.0.0.1:9")  # refused at once
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: None)
+    monkeypatch.setattr(hub, "HF_URL", "http://127.0.0.1:9")  # refused at once
     with pytest.raises(ConnectionError, match="could not download http://127.0.0.1:9/openai-community/gpt2/"):
         weights.download_gpt2("small", cache_dir=tmp_path)
     assert not list(tmp_path.rglob("model.safetensors"))
@@ -280,8 +280,8 @@ def serve(monkeypatch):
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
-        monkeypatch.setattr(weights, "_hub_downloader", lambda: None)
-        monkeypatch.setattr(weights, "HF_URL", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(hub, "_hub_downloader", lambda: None)
+        monkeypatch.setattr(hub, "HF_URL", f"http://127.0.0.1:{server.server_port}")
 
     yield start
     for server in servers:
@@ -313,15 +313,15 @@ def test_plain_download_checks_the_byte_count(tiny_sizes, serve, tmp_path):
 
 
 def test_cached_file_is_not_downloaded_again(tiny_sizes, monkeypatch, tmp_path):
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: None)
-    monkeypatch.setattr(weights, "HF_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: None)
+    monkeypatch.setattr(hub, "HF_URL", "http://127.0.0.1:9")
     cached = _tiny_file(tmp_path / "openai-community" / "gpt2-xl" / "model.safetensors")
     assert weights.download_gpt2("xl", cache_dir=tmp_path) == cached
 
 
 def test_corrupt_cached_file_is_reported(monkeypatch, tmp_path):
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: None)
-    monkeypatch.setattr(weights, "HF_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: None)
+    monkeypatch.setattr(hub, "HF_URL", "http://127.0.0.1:9")
     cached = tmp_path / "openai-community" / "gpt2-xl" / "model.safetensors"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights")
@@ -348,14 +348,14 @@ def _fake_hub(tmp_path, body: bytes, sha: str):
 
 def test_hub_download_checks_the_sha256(tiny_sizes, monkeypatch, tmp_path):
     source = _tiny_file(tmp_path / "source.safetensors")
-    monkeypatch.setattr(weights, "_check_reachable", lambda *args: None)
+    monkeypatch.setattr(hub, "_check_reachable", lambda *args: None)
     good, calls = _fake_hub(tmp_path / "good", source.read_bytes(), sha256_of(source))
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: good)
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: good)
     assert weights.download_gpt2("large", cache_dir=tmp_path / "hub").read_bytes() == source.read_bytes()
     assert calls == ["openai-community/gpt2-large"]
 
     bad, _ = _fake_hub(tmp_path / "bad", source.read_bytes(), "0" * 64)
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: bad)
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: bad)
     with pytest.raises(DataIntegrityError, match="does not match the SHA-256 the hub gave"):
         weights.download_gpt2("large", cache_dir=tmp_path / "hub")
 
@@ -372,18 +372,18 @@ def test_hub_cache_is_used_offline(tiny_sizes, monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("a cached file must not be downloaded again")
 
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: no_network)
-    monkeypatch.setattr(weights, "_check_reachable", no_network)
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: no_network)
+    monkeypatch.setattr(hub, "_check_reachable", no_network)
     assert weights.download_gpt2("small", cache_dir=tmp_path) == cached
 
 
-@pytest.mark.parametrize("hub", [True, False], ids=["huggingface_hub", "plain-https"])
-def test_hf_hub_offline_forbids_downloads(monkeypatch, tmp_path, hub):
+@pytest.mark.parametrize("with_hub_client", [True, False], ids=["huggingface_hub", "plain-https"])
+def test_hf_hub_offline_forbids_downloads(monkeypatch, tmp_path, with_hub_client):
     def no_network(*args, **kwargs):
         raise AssertionError("HF_HUB_OFFLINE is set: nothing may be fetched")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(weights, "_hub_downloader", lambda: no_network if hub else None)
-    monkeypatch.setattr(weights, "_check_reachable", no_network)
+    monkeypatch.setattr(hub, "_hub_downloader", lambda: no_network if with_hub_client else None)
+    monkeypatch.setattr(hub, "_check_reachable", no_network)
     with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE is set"):
         weights.download_gpt2("small", cache_dir=tmp_path)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..model import eval_mode, select_positions
+
 __all__ = [
     "CLASS_NAMES",
     "PAD_TOKEN_ID",
@@ -224,8 +226,7 @@ def classifier_logits(model: nn.Module, inputs: torch.Tensor, lengths: torch.Ten
     x = model.drop_emb(model.embed(inputs)) if is_ids else inputs
     for block in list(model.trf_blocks)[start_block:]:
         x = block(x)
-    last = x[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (batch, emb_dim)
-    return model.out_head(model.final_norm(last))
+    return model.out_head(model.final_norm(select_positions(x, lengths - 1)))  # at each last real token
 
 
 @torch.no_grad()
@@ -250,11 +251,9 @@ def cache_hidden_states(model: nn.Module, dataset: SpamDataset, start_block: int
     if dropout:
         raise ValueError(f"the frozen blocks use dropout (p={dropout[0]}), so their outputs change from step "
                          f"to step and a cache would not match training; build the model with drop_rate=0")
-    was_training = model.training
-    model.eval()
     order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
     states: list[torch.Tensor | None] = [None] * len(dataset)
-    try:
+    with eval_mode(model):
         for start in tqdm(range(0, len(order), batch_size), desc="caching hidden states", unit="batch",
                           disable=not progress, file=sys.stderr, leave=False, mininterval=1.0):
             idx = order[start:start + batch_size]
@@ -263,23 +262,17 @@ def cache_hidden_states(model: nn.Module, dataset: SpamDataset, start_block: int
             out = hidden_states(model, ids, start_block).cpu()
             for row, i in enumerate(idx):
                 states[i] = out[row, :dataset.lengths[i]].clone()
-    finally:
-        model.train(was_training)
     return HiddenStateDataset(states, list(dataset.labels), start_block)
 
 
 @torch.no_grad()
 def classifier_outputs(model: nn.Module, loader, start_block: int = 0, device="cpu"):
     """Logits ``(n, num_classes)`` and labels ``(n,)`` for every example of ``loader``, in eval mode."""
-    was_training = model.training
-    model.eval()
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for inputs, y, lengths in loader:
             logits.append(classifier_logits(model, inputs.to(device), lengths, start_block).cpu())
             labels.append(y)
-    finally:
-        model.train(was_training)
     if not logits:
         raise ValueError("the data loader yields no batches")
     return torch.cat(logits), torch.cat(labels)
@@ -362,12 +355,8 @@ def classify_text(text: str, model: nn.Module, tokenizer, max_length: int | None
         raise ValueError("the text has no tokens, so there is no last token to classify")
     limit = model.pos_emb.weight.shape[0] if max_length is None else min(max_length, model.pos_emb.weight.shape[0])
     ids = ids[:limit]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = classifier_logits(model, torch.tensor([ids], device=device), torch.tensor([len(ids)]))
-    finally:
-        model.train(was_training)
     if logits.shape[-1] != len(class_names):
         raise ValueError(f"the model has {logits.shape[-1]} classes but {len(class_names)} class names were given")
     return class_names[int(logits.argmax(dim=-1))]

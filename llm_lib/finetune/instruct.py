@@ -10,33 +10,24 @@ also sets the targets inside the prompt to ``-100``, so the loss covers the
 response only. ``LengthGroupedBatchSampler`` puts examples of similar length in
 the same batch, which saves padding.
 
-``InstructionRecipe`` fixes a whole finetuning run and ``load_or_finetune``
-returns its model, trained once per machine and cached (with a file lock, as
-``llm_lib.train.load_or_pretrain`` does); ``load_or_generate_responses``
-caches the model's answers to the test split.
+The book's own finetuning run, cached, is in ``instruct_recipe``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import io
 import json
 import os
 import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from ..model import GPT2_SIZES, GPTConfig, GPTModel
+from ..model import eval_mode, logits_at
 from .classify import PAD_TOKEN_ID
-from .common import train_val_test_split
 
 __all__ = [
     "IGNORE_INDEX",
@@ -54,11 +45,6 @@ __all__ = [
     "generate_responses",
     "save_responses",
     "load_responses",
-    "InstructionRecipe",
-    "finetune",
-    "load_or_finetune",
-    "responses_path",
-    "load_or_generate_responses",
 ]
 
 IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_entropy
@@ -212,35 +198,28 @@ def instruction_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model, d
     """Mean cross-entropy over the targets that are not ``-100``; inputs and targets ``(batch, tokens)``.
 
     Equal to ``llm_lib.train.calc_loss_batch`` (cross-entropy ignores -100 by
-    default), but a ``GPTModel`` computes logits only at the counted
-    positions: the 50,257-way output head is most of a small model's cost,
-    and with a masked prompt most positions do not count.
+    default), but the model computes logits only at the counted positions:
+    the 50,257-way output head is most of a small model's cost, and with a
+    masked prompt most positions do not count.
     """
     inputs, targets = inputs.to(device), targets.to(device)
     keep = targets != IGNORE_INDEX
     if not keep.any():
         raise ValueError("every target of this batch is -100, so there is no loss to compute; "
                          "is allowed_max_length shorter than the prompts?")
-    if not isinstance(model, GPTModel):
-        logits = model(inputs)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-    logits = model.head(model.backbone(inputs)[keep])  # (counted targets, vocab_size)
+    logits = logits_at(model, inputs, keep)  # (counted targets, vocab_size)
     return F.cross_entropy(logits, targets[keep])
 
 
 @torch.no_grad()
 def instruction_loss_loader(loader, model, device="cpu") -> float:
     """Mean loss per counted target over every batch of ``loader``, in eval mode."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with eval_mode(model):
         for inputs, targets in loader:
             n = int((targets != IGNORE_INDEX).sum())
             total += instruction_loss_batch(inputs, targets, model, device).item() * n
             count += n
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("the loader yields no counted targets, so there is no loss to average")
     return total / count
@@ -297,10 +276,8 @@ def train_instruction_model(model, train_loader, val_loader, optimizer, num_epoc
 
 
 def last_token_logits(model, idx: torch.Tensor) -> torch.Tensor:
-    """``model(idx)[:, -1, :]``, ``(batch, vocab)``; a ``GPTModel`` runs its output head at the last position only."""
-    if not isinstance(model, GPTModel):
-        return model(idx)[:, -1, :]
-    return model.head(model.backbone(idx)[:, -1, :])
+    """``model(idx)[:, -1, :]``, ``(batch, vocab)``, with the output head run at the last position only."""
+    return logits_at(model, idx, -1)
 
 
 @torch.no_grad()
@@ -308,27 +285,16 @@ def generate_response(model, tokenizer, entry: Mapping[str, str], max_new_tokens
                       eos_id: int = PAD_TOKEN_ID, device="cpu") -> str:
     """The model's greedy answer to ``format_input(entry)``: new tokens until ``eos_id``, decoded and stripped.
 
-    The same tokens as ``llm_lib.generate.generate(..., temperature=0,
-    eos_id=eos_id)`` after the prompt; only the last ``context_length``
-    tokens are read at each step.
+    ``llm_lib.generate.generate(..., temperature=0, eos_id=eos_id)`` after the
+    prompt; only the last ``context_length`` tokens are read at each step.
     """
+    from ..generate import generate
+
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    context = model.pos_emb.weight.shape[0]
-    idx = torch.tensor([tokenizer.encode(format_input(entry))], device=device)
-    new: list[int] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for _ in range(max_new_tokens):
-            next_id = int(last_token_logits(model, idx[:, -context:]).argmax(dim=-1))
-            if next_id == eos_id:
-                break
-            new.append(next_id)
-            idx = torch.cat([idx, torch.tensor([[next_id]], device=device)], dim=1)
-    finally:
-        model.train(was_training)
-    return tokenizer.decode(new).strip()
+    prompt = torch.tensor([tokenizer.encode(format_input(entry))], device=device)
+    out = generate(model, prompt, max_new_tokens, model.cfg.context_length, temperature=0.0, eos_id=eos_id)
+    return tokenizer.decode(out[0, prompt.shape[1]:].tolist()).strip()
 
 
 def generate_responses(model, tokenizer, entries: Sequence[Mapping[str, str]], max_new_tokens: int = 64,
@@ -356,174 +322,3 @@ def save_responses(entries: Sequence[Mapping], path) -> Path:
 def load_responses(path) -> list[dict]:
     """The list of entries that ``save_responses`` wrote to ``path``."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-# ----------------------------------------------------------------------------------
-# The book's finetuning run (chapter 34), cached so chapter 35 reuses its model
-# ----------------------------------------------------------------------------------
-
-
-def _small_gpt() -> GPTConfig:
-    return GPTConfig(context_length=256, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0, tie_weights=True)
-
-
-@dataclass(frozen=True)
-class InstructionRecipe:
-    """Everything that determines a finetuning run; equal recipes give the same weights on one machine.
-
-    ``base=None`` starts from a random model built from ``cfg`` (seeded);
-    ``base="small"``/``"medium"``/... starts from OpenAI's GPT-2 weights of that
-    size (``InstructionRecipe.gpt2(size)`` fills in the matching ``cfg``; the
-    download needs a network). The data set is split ``train_frac`` /
-    ``val_frac`` / rest with ``seed``.
-    """
-
-    cfg: GPTConfig = field(default_factory=_small_gpt)
-    base: str | None = None
-    seed: int = 123
-    dataset: str = "instruction-data.json"
-    train_frac: float = 0.85
-    val_frac: float = 0.05
-    batch_size: int = 8
-    num_epochs: int = 6
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    mask_prompt: bool = True
-    allowed_max_length: int | None = None  # None: the model's context length
-    eval_freq: int = 20
-
-    def __post_init__(self):
-        if self.base is not None:
-            if self.base not in GPT2_SIZES:
-                raise ValueError(f"base must be None (random start) or a GPT-2 size {list(GPT2_SIZES)}, "
-                                 f"got {self.base!r}")
-            emb_dim, n_heads, n_layers = GPT2_SIZES[self.base]
-            c = self.cfg
-            if (c.emb_dim, c.n_heads, c.n_layers, c.context_length, c.qkv_bias) != (
-                    emb_dim, n_heads, n_layers, 1024, True):
-                raise ValueError(f"base={self.base!r} needs cfg=GPTConfig.gpt2({self.base!r}, qkv_bias=True) "
-                                 f"with context_length 1024; use InstructionRecipe.gpt2({self.base!r})")
-        if self.batch_size < 1 or self.num_epochs < 1 or self.eval_freq < 1:
-            raise ValueError("batch_size, num_epochs and eval_freq must be at least 1")
-        if self.allowed_max_length is not None and not 1 <= self.allowed_max_length <= self.cfg.context_length:
-            raise ValueError(f"allowed_max_length must be in 1..{self.cfg.context_length} (the context length) "
-                             f"or None, got {self.allowed_max_length}")
-
-    @classmethod
-    def gpt2(cls, size: str = "medium", **overrides) -> InstructionRecipe:
-        """Finetune OpenAI's GPT-2 of ``size`` (all weights): lr 5e-5, 2 epochs, unless overridden."""
-        cfg = GPTConfig.gpt2(size, context_length=1024, qkv_bias=True, drop_rate=0.0, tie_weights=True)
-        settings = dict(cfg=cfg, base=size, lr=5e-5, num_epochs=2, eval_freq=5)
-        settings.update(overrides)
-        return cls(**settings)
-
-    def replace(self, **changes) -> InstructionRecipe:
-        """A copy with some fields changed (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
-
-    def key(self) -> str:
-        """A short hash of the recipe, used in the checkpoint's file name.
-
-        Config fields enter it only when they differ from ``GPTConfig``'s
-        defaults, so a new model option (off by default) keeps cached weights.
-        """
-        fields = dataclasses.asdict(self)
-        defaults = dataclasses.asdict(GPTConfig())
-        fields["cfg"] = {name: value for name, value in fields["cfg"].items() if value != defaults.get(name)}
-        text = json.dumps(fields, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def splits(self) -> tuple[list[dict], list[dict], list[dict]]:
-        """``(train, val, test)`` entries of the data set."""
-        return train_val_test_split(load_instruction_data(self.dataset), self.train_frac, self.val_frac, self.seed)
-
-    def collate(self, batch):
-        """``instruction_collate`` with this recipe's prompt masking and maximum length."""
-        return instruction_collate(batch, mask_prompt=self.mask_prompt,
-                                   allowed_max_length=self.allowed_max_length or self.cfg.context_length)
-
-    def loaders(self, tokenizer=None) -> tuple[DataLoader, DataLoader]:
-        """(train, validation) loaders: length-grouped batches, shuffled for training, shortest first for validation."""
-        from ..tokenizer import get_gpt2_encoding
-
-        tokenizer = tokenizer or get_gpt2_encoding()
-        train, val, _ = self.splits()
-        loaders = []
-        for entries, shuffle in ((train, True), (val, False)):
-            dataset = InstructionDataset(entries, tokenizer)
-            sampler = LengthGroupedBatchSampler(dataset.lengths, self.batch_size, shuffle=shuffle, seed=self.seed)
-            loaders.append(DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate))
-        return loaders[0], loaders[1]
-
-    def build_model(self, device="cpu") -> GPTModel:
-        """The starting model: seeded random from ``cfg``, or OpenAI's GPT-2 weights when ``base`` is set."""
-        torch.manual_seed(self.seed)
-        model = GPTModel(self.cfg)
-        if self.base is None:
-            # GPT-2's initialisation of the embeddings, N(0, 0.02): nn.Embedding's N(0, 1) would make the
-            # tied output head's first logits so large that the loss starts far above ln(vocab_size)
-            torch.nn.init.normal_(model.tok_emb.weight, std=0.02)
-            torch.nn.init.normal_(model.pos_emb.weight, std=0.02)
-        else:
-            from ..weights import download_gpt2, load_gpt2_weights
-
-            load_gpt2_weights(model, download_gpt2(self.base))
-        return model.to(device)
-
-
-def finetune(recipe: InstructionRecipe, device="cpu", progress: bool = True, verbose: bool = True):
-    """Run ``recipe``: build its starting model and train it with AdamW; returns ``(model, history)``."""
-    model = recipe.build_model(device)
-    train_loader, val_loader = recipe.loaders()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    torch.manual_seed(recipe.seed)
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        history = train_instruction_model(model, train_loader, val_loader, optimizer, recipe.num_epochs,
-                                          recipe.eval_freq, device, progress=progress, verbose=verbose)
-    return model, history
-
-
-def load_or_finetune(recipe: InstructionRecipe | None = None, device="cpu", progress: bool = True,
-                     verbose: bool = False, retrain: bool = False):
-    """The model finetuned by ``recipe`` (chapter 34's run by default), loaded from the cache or trained now.
-
-    Returns ``(model, history)`` with the model in eval mode; the cache is
-    ``llm_lib.train.checkpoint_path(recipe)``. ``verbose`` prints the training
-    log when training happens; ``retrain`` trains even if a checkpoint
-    exists. A lock file makes concurrent callers wait for one training run.
-    """
-    from ..train import load_or_train
-
-    return load_or_train(recipe or InstructionRecipe(), finetune, device, progress, verbose, retrain)
-
-
-def responses_path(recipe: InstructionRecipe, max_new_tokens: int = 64) -> Path:
-    """Where ``load_or_generate_responses`` caches the test responses: beside the checkpoint, as JSON."""
-    from ..train import checkpoint_path
-
-    path = checkpoint_path(recipe)
-    return path.with_name(f"{path.stem}-test-responses-{max_new_tokens}.json")
-
-
-def load_or_generate_responses(recipe: InstructionRecipe | None = None, model=None, max_new_tokens: int = 64,
-                               device="cpu", progress: bool = True, regenerate: bool = False) -> list[dict]:
-    """The test-split entries of ``recipe`` with the finetuned model's ``"model_response"``, cached as JSON.
-
-    ``model`` is the finetuned model (``load_or_finetune(recipe)`` when None).
-    Responses are greedy, at most ``max_new_tokens`` tokens; parallel
-    callers wait for one run; ``regenerate`` generates them again.
-    """
-    from ..tokenizer import get_gpt2_encoding
-    from ..train import exclusive_lock
-
-    recipe = recipe or InstructionRecipe()
-    path = responses_path(recipe, max_new_tokens)
-    with exclusive_lock(path):
-        if regenerate or not path.exists():
-            if model is None:
-                model, _ = load_or_finetune(recipe, device, progress=progress)
-            _, _, test = recipe.splits()
-            save_responses(generate_responses(model, get_gpt2_encoding(), test, max_new_tokens, device,
-                                              progress), path)
-    return load_responses(path)

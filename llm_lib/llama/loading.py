@@ -262,7 +262,7 @@ def _read_hf_folder(folder: Path):
 
 def download_smollm2(repo: str = SMOLLM2_REPOS[0], cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder holding ``repo``'s config.json, tokenizer.json and model.safetensors, fetched from the hub once."""
-    from ..weights import hub_file
+    from ..hub import hub_file
 
     if repo not in SMOLLM2_REPOS:
         raise ValueError(f"unknown SmolLM2 repository {repo!r}; choose one of {list(SMOLLM2_REPOS)}")

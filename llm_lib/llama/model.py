@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import LayerKVCache, _check_length
-from ..model import KVCache, check_token_ids
+from ..model import KVCache, check_token_ids, select_positions
 
 # F.scaled_dot_product_attention shares key/value heads itself from torch 2.5.
 _SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
@@ -333,8 +333,10 @@ class LlamaModel(nn.Module):
         return self.out_head(self.final_norm(hidden))
 
     def forward(self, in_idx: torch.Tensor,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
-        return self.head(self.backbone(in_idx, kv_cache))
+                kv_cache: KVCache | None = None,
+                positions=None) -> torch.Tensor:
+        hidden = self.backbone(in_idx, kv_cache)
+        return self.head(select_positions(hidden, positions))
 
     @torch.no_grad()
     def attention_weights(self, in_idx: torch.Tensor) -> torch.Tensor:

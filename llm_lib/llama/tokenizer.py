@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import regex
 
-from ..tokenizer import GPT2_SPLIT_PATTERN, ByteLevelBPE, _valid_unicode, bytes_to_unicode
+from ..tokenizer.bpe import GPT2_SPLIT_PATTERN, ByteLevelBPE, _valid_unicode, bytes_to_unicode
 
 __all__ = ["SmolLM2Tokenizer", "format_chat", "DEFAULT_SYSTEM_PROMPT"]
 
@@ -92,11 +92,7 @@ class SmolLM2Tokenizer(ByteLevelBPE):
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text``, no special tokens: digits alone, then GPT-2's split."""
         text = _valid_unicode(text)
-        if self._unspellable and (bad := self._unspellable.search(text)):
-            raise ValueError(
-                f"the text holds the control character U+{ord(bad[0]):04X} "
-                f"at index {bad.start()}, which this vocabulary has no "
-                f"token for; remove it first")
+        self._refuse_unspellable(text, 0, len(text))
         # split() with a group keeps the digits, at the odd positions
         segments = _DIGIT.split(text) if self.split_digits else [text]
         ids = []
@@ -105,6 +101,24 @@ class SmolLM2Tokenizer(ByteLevelBPE):
             for piece in pieces:
                 ids.extend(self._encode_piece(piece))
         return ids
+
+    def _refuse_unspellable(self, text: str, start: int, end: int) -> None:
+        if self._unspellable and (bad := self._unspellable.search(text, start, end)):
+            raise ValueError(
+                f"the text holds the control character U+{ord(bad[0]):04X} "
+                f"at index {bad.start()}, which this vocabulary has no "
+                f"token for; remove it first")
+
+    def _pieces(self, text: str, end: int) -> list[str]:
+        self._refuse_unspellable(text, 0, end)
+        if not self.split_digits:
+            return super()._pieces(text, end)
+        pieces, start = [], 0  # each digit alone, GPT-2's split between them
+        for digit in _DIGIT.finditer(text, 0, end):
+            pieces += self._splitter.findall(text, start, digit.start())
+            pieces.append(digit[0])
+            start = digit.end()
+        return pieces + self._splitter.findall(text, start, end)
 
     def token_id(self, token: str) -> int:
         """Id of a token given in its vocabulary spelling, e.g. ``"<|im_end|>"`` -> 2."""
