@@ -23,6 +23,14 @@ CHAPTER_FILES = sorted((ROOT / "chapters").glob("*.ipynb"))
 MAX_NOTEBOOK_BYTES = 2_000_000
 
 
+def test_chapter_1s_map_of_the_book_lists_every_chapter():
+    nb = nbformat.read(ROOT / "chapters" / "01-series-introduction.ipynb", as_version=4)
+    text = next(c.source for c in nb.cells if c.cell_type == "markdown" and "## A map of the book" in c.source)
+    rows = [(int(n), title.strip()) for n, title in re.findall(r"^\|[^|\n]*\| (\d+) \|([^|\n]+)\|$", text, re.M)]
+    assert rows == [(c.number, c.title) for c in CHAPTERS]
+    assert f"{len(CHAPTERS)} chapters in all" in text
+
+
 def test_toc_lists_exactly_the_existing_chapters():
     assert (ROOT / "_toc.yml").read_text() == toc_text(), "run `python -m tools.book`"
     for stem in re.findall(r"file:\s*(\S+)", toc_text()):
