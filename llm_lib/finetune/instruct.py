@@ -16,7 +16,6 @@ The book's own finetuning run, cached, is in ``instruct_recipe``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from ..checkpoints import _write_atomically
 from ..model import eval_mode, logits_at
 from .classify import PAD_TOKEN_ID
 
@@ -313,9 +313,9 @@ def save_responses(entries: Sequence[Mapping], path) -> Path:
     """Write ``entries`` (with their ``model_response``) to ``path`` as indented UTF-8 JSON; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(list(entries), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    text = json.dumps(list(entries), indent=2, ensure_ascii=False) + "\n"
+    # atomic, as checkpoints are: a reader never sees half a file
+    _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 
