@@ -158,3 +158,31 @@ def test_code_shown_from_the_library_fits_the_page(chapter):
             if listing.startswith("```python"):
                 wide = [line for line in listing.splitlines() if len(line) > 80]
                 assert not wide, f"library code shown in the chapter is wider than 80 columns: {wide[:2]}"
+
+
+# At 1280 px the page's code column shows 80 characters; a wider line scrolls sideways. These
+# chapters still have visible code lines wider than that (issue 16, item 8), counted here so that
+# the number can only go down: the test fails if a chapter gains one, and asks for the count to be
+# lowered (or the chapter removed) once lines are rewrapped. Cells whose input is hidden are not
+# counted, nor the set-up cell (its install command is one unbreakable URL).
+WIDE_CODE_LINES_LEFT = {
+    23: 9, 24: 22, 25: 18, 26: 9, 27: 18, 28: 36, 29: 22, 30: 16, 33: 42, 34: 17, 35: 53, 37: 37,
+}
+
+
+def _wide_visible_code_lines(nb) -> list[str]:
+    wide = []
+    for c in nb.cells:
+        tags = set(c.metadata.get("tags", []))
+        if c.cell_type == "code" and not tags & {"setup", "hide-input", "remove-input"}:
+            wide += [line for line in c.source.splitlines() if len(line) > 80]
+    return wide
+
+
+def test_visible_code_fits_the_page_or_is_counted(chapter):
+    ch, nb = chapter
+    wide = _wide_visible_code_lines(nb)
+    allowed = WIDE_CODE_LINES_LEFT.get(ch.number, 0)
+    assert len(wide) <= allowed, f"code lines wider than 80 columns: {wide[:3]}"
+    assert len(wide) == allowed, (f"chapter {ch.number} now has {len(wide)} wide lines: lower its count "
+                                  f"in WIDE_CODE_LINES_LEFT (or remove it at 0)")
