@@ -20,7 +20,7 @@ import warnings
 import torch
 from common import TINY, environment, hf_config, median, print_environment, report, set_threads, time_calls
 
-from llm_lib.generate import generate
+from llm_lib.generate import generate, store_weights_input_major
 from llm_lib.model import GPTConfig, GPTModel
 from llm_lib.weights import export_gpt2_state_dict
 
@@ -73,11 +73,15 @@ def gpt2_runs(args, device):
     ours = GPTModel(cfg).to(device).eval()
     ours_fused = GPTModel(cfg.replace(fused_attention=True, fused_layers=True)).to(device).eval()
     ours_fused.load_state_dict(ours.state_dict())
+    ours_input_major = GPTModel(cfg.replace(fused_attention=True, fused_layers=True)).to(device).eval()
+    ours_input_major.load_state_dict(ours.state_dict())
+    store_weights_input_major(ours_input_major)
     prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_tokens), device=device)
     runs = {
         "llm_lib, no cache (teaching path)": _ours(ours, prompt, False),
         "llm_lib, KV cache": _ours(ours, prompt, True),
         "llm_lib, KV cache + fused kernels": _ours(ours_fused, prompt, True),
+        "llm_lib, KV cache + fused kernels + input-major weights": _ours(ours_input_major, prompt, True),
     }
     if not args.no_hf:
         import transformers
@@ -99,13 +103,17 @@ def smollm2_runs(args, device):
 
     ours, tokenizer = load_smollm2()
     ours_fused, _ = load_smollm2(fused_attention=True)
+    ours_input_major, _ = load_smollm2(fused_attention=True)
     ours, ours_fused = ours.to(device), ours_fused.to(device)
+    ours_input_major = store_weights_input_major(ours_input_major.to(device))
     ids = tokenizer.encode(format_chat([{"role": "user", "content": SMOLLM2_QUESTION}]))
     prompt = torch.tensor([ids] * args.batch, device=device)
     runs = {
         "llm_lib LlamaModel, no cache (teaching path)": _ours(ours, prompt, False),
         "llm_lib LlamaModel, KV cache": _ours(ours, prompt, True),
         "llm_lib LlamaModel, KV cache + fused attention": _ours(ours_fused, prompt, True),
+        "llm_lib LlamaModel, KV cache + fused attention + input-major weights": _ours(ours_input_major, prompt,
+                                                                                     True),
     }
     path = smollm2_gguf_path()
     if not args.no_hf:

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 CHAPTERS = [HERE.parent / "chapters" / name for name in ("32-gpt2-to-llama.ipynb", "36-making-it-fast.ipynb")]
-NAMES = ["generation-cpu", "generation-smollm2-cpu", "train-step-cpu", "train-gpu", "bpe-cpu"]
+NAMES = ["generation-cpu", "generation-smollm2-cpu", "matvec-cpu", "train-step-cpu", "train-gpu", "bpe-cpu"]
 ENVIRONMENT_KEYS = ["date", "gpu", "cuda", "cpu", "cpu bf16 instructions", "torch threads", "torch",
                     "transformers", "python"]
 

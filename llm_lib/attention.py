@@ -212,8 +212,9 @@ class LayerKVCache:
                 f"so it cannot take {new_tokens} more; start a new cache (reset()) with fewer tokens"
             )
         if self.keys is None:
-            self.keys = keys.new_zeros(b, num_heads, self.max_tokens, head_dim)
-            self.values = values.new_zeros(b, num_heads, self.max_tokens, head_dim)
+            # never read before written: only [:, :, :length] is returned
+            self.keys = keys.new_empty(b, num_heads, self.max_tokens, head_dim)
+            self.values = values.new_empty(b, num_heads, self.max_tokens, head_dim)
         elif (b, num_heads, head_dim) != (self.keys.shape[0], self.keys.shape[1], self.keys.shape[3]):
             raise ValueError(
                 f"the KV cache was filled with (batch, num_heads, head_dim) = "

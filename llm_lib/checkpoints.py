@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .data_sources import write_atomically
+from .history import TrainingHistory
 from .model import load_state_dict_checked
 
 __all__ = [
@@ -40,7 +42,7 @@ __all__ = [
 # Raise this whenever a change to llm_lib's training code (loops, losses, recipes,
 # data order) changes the weights that an unchanged recipe produces: every cached
 # checkpoint then gets a new key, and the next caller trains again.
-TRAINING_CODE_VERSION = 2
+TRAINING_CODE_VERSION = 3  # 3: the history is a TrainingHistory
 
 
 def _unshared(state_dict: dict) -> dict:
@@ -51,22 +53,6 @@ def _unshared(state_dict: dict) -> dict:
         out[key] = tensor.detach().clone().contiguous() if ptr in seen else tensor.detach().contiguous()
         seen.add(ptr)
     return out
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Call ``write(temporary_path)``, then rename the result to ``path`` in one step.
-
-    ``os.replace`` within one folder is atomic on POSIX and Windows: a reader
-    sees the old file or the new one, never half of one. If ``write`` fails or
-    is interrupted, the temporary file is removed and ``path`` is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path, model, optimizer=None, metadata: dict | None = None) -> Path:
@@ -86,13 +72,13 @@ def save_checkpoint(path, model, optimizer=None, metadata: dict | None = None) -
         from safetensors.torch import save_file
 
         tensors = _unshared(model.state_dict())
-        _write_atomically(path, lambda tmp: save_file(tensors, str(tmp),
+        write_atomically(path, lambda tmp: save_file(tensors, str(tmp),
                                                       metadata={"llm_lib": json.dumps(metadata)}))
     else:
         payload = {"model": model.state_dict(),
                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
                    "metadata": metadata}
-        _write_atomically(path, lambda tmp: torch.save(payload, tmp))
+        write_atomically(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
@@ -170,7 +156,7 @@ def load_or_train(recipe, train_fn, device="cpu", progress: bool = True, verbose
                   retrain: bool = False):
     """The model of ``recipe`` from the checkpoint cache, or ``train_fn(recipe, device, progress=, verbose=)`` now.
 
-    ``train_fn`` returns ``(model, history)``; the result is saved at
+    ``train_fn`` returns ``(model, TrainingHistory)``; the result is saved at
     ``checkpoint_path(recipe)`` with the recipe's key. One lock covers the
     check, the training and the read, so concurrent callers (two notebooks run
     in parallel) wait for one training run instead of each starting their own.
@@ -186,7 +172,8 @@ def load_or_train(recipe, train_fn, device="cpu", progress: bool = True, verbose
         if retrain or not path.exists():
             with _own_random_state(device):
                 model, history = train_fn(recipe, device, progress=progress, verbose=verbose)
-            save_checkpoint(path, model, metadata={"recipe_key": recipe.key(), "history": history})
+            save_checkpoint(path, model, metadata={"recipe_key": recipe.key(),
+                                                   "history": history.as_dict()})
         elif verbose:
             print(f"loaded the trained weights from {path.name} (retrain=True trains again)")
         model = GPTModel(recipe.cfg).to(device)
@@ -194,4 +181,4 @@ def load_or_train(recipe, train_fn, device="cpu", progress: bool = True, verbose
     if metadata.get("recipe_key") != recipe.key():
         raise ValueError(f"{path} was not written by this recipe; delete it to retrain")
     model.eval()
-    return model, metadata["history"]
+    return model, TrainingHistory.from_dict(metadata["history"])

@@ -29,6 +29,7 @@ __all__ = [
     "cache_dir",
     "data_path",
     "download",
+    "write_atomically",
     "load_text",
     "sha256_of",
 ]
@@ -183,9 +184,9 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float = DOWNLOAD_TIM
             f"{dest} yourself, or set LLM_LIB_DATA_DIR to a folder that holds the book's data."
         ) from exc
     total = int(response.headers.get("Content-Length") or 0) or None
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as out, response, tqdm(
+
+    def copy_response(tmp: Path) -> None:
+        with open(tmp, "wb") as out, response, tqdm(
             total=total, unit="B", unit_scale=True, desc=desc or dest.name, leave=False
         ) as bar:
             written = 0
@@ -195,10 +196,8 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float = DOWNLOAD_TIM
                 bar.update(len(chunk))
         if total is not None and written != total:
             raise ConnectionError(f"download of {url} stopped after {written} of {total} bytes")
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    write_atomically(dest, copy_response)
     return dest
 
 
@@ -219,16 +218,27 @@ def _read_member(archive: Path, member: str, url: str) -> bytes:
     raise KeyError(f"{url} holds no file {member!r}")
 
 
-def _write_atomically(data: bytes, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+def write_atomically(path: str | os.PathLike, write) -> Path:
+    """Call ``write(temporary_path)``, then rename the result to ``path`` in one step; returns the path.
+
+    The temporary file sits in the same folder, and ``os.replace`` within one
+    folder is atomic on POSIX and Windows: a reader sees the old file or the
+    new one, never half of one. If ``write`` fails or is interrupted, the
+    temporary file is removed and ``path`` is untouched. Downloads, the data
+    files, checkpoints and saved responses are all written this way.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp_name, dest)
+        write(tmp)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
 
 
 def _fetch(entry: DataFile, root: Path) -> None:
@@ -240,14 +250,16 @@ def _fetch(entry: DataFile, root: Path) -> None:
     if entry.archive_member is None:
         download(entry.url, root / entry.name, desc=entry.name)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = download(entry.url, Path(tmp) / "archive", desc=Path(entry.url).name)
-        _write_atomically(_read_member(archive, entry.archive_member, entry.url), root / entry.name)
+    with tempfile.TemporaryDirectory() as folder:
+        archive = download(entry.url, Path(folder) / "archive", desc=Path(entry.url).name)
+        data = _read_member(archive, entry.archive_member, entry.url)
+        write_atomically(root / entry.name, lambda tmp: tmp.write_bytes(data))
         for other in DATASETS.values():
             if (other.url == entry.url and other.archive_member is not None
                     and not (root / other.name).is_file()):
                 with contextlib.suppress(KeyError):  # a sibling that is missing fails when it is asked for
-                    _write_atomically(_read_member(archive, other.archive_member, entry.url), root / other.name)
+                    sibling = _read_member(archive, other.archive_member, entry.url)
+                    write_atomically(root / other.name, lambda tmp, b=sibling: tmp.write_bytes(b))
 
 
 def data_path(name: str) -> Path:

@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--eval-freq", type=int, default=5)
-    p.add_argument("--eval-iter", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=5, help="evaluate after step 1 and every N steps more")
+    p.add_argument("--eval-batches", type=int, default=2, help="batches per loss estimate")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fused-adamw", action="store_true", help="AdamW's fused kernel")
@@ -74,10 +74,11 @@ def build_config(args: argparse.Namespace) -> GPTConfig:
 
 
 def run(args: argparse.Namespace, info: DistributedInfo):
-    """Train on this process's share (DDP if world_size > 1); returns ``(model, history)``.
+    """Train on this process's share (DDP if world_size > 1); returns ``(model, result)``.
 
-    ``model`` is the plain GPTModel, not the DDP wrapper; ``history`` holds the
-    averaged losses, the tokens seen by all ranks, and this rank's weights hash.
+    ``model`` is the plain GPTModel, not the DDP wrapper; ``result`` is the
+    TrainingHistory as a dict (losses averaged over ranks, the tokens seen by
+    all ranks) with this rank's number, the world size and its weights hash.
     """
     say = print if info.is_main else (lambda *a, **k: None)
     tokenizer = get_gpt2_encoding()
@@ -109,23 +110,21 @@ def run(args: argparse.Namespace, info: DistributedInfo):
     say(f"{W} process(es), backend {info.backend or 'none'}, device {info.device.type}")
     say(f"{len(train_set)} training windows: {len(train_loader)} steps per epoch "
         f"of {b} x {W} = {b * W} sequences")
-    train_losses, val_losses, tokens_seen = train_model(
-        train_target, train_loader, val_loader, optimizer, info.device, args.epochs,
-        args.eval_freq, args.eval_iter, options, progress=not args.quiet,
-        max_steps=args.max_steps)
+    history = train_model(
+        train_target, train_loader, val_loader, optimizer, num_epochs=args.epochs,
+        eval_every=args.eval_every, eval_batches=args.eval_batches, device=info.device,
+        options=options, progress=not args.quiet, max_steps=args.max_steps)
 
     digest = weights_digest(model)
-    history = {"train_losses": train_losses, "val_losses": val_losses,
-               "tokens_seen": tokens_seen, "rank": info.rank, "world_size": W,
-               "weights_sha256": digest}
+    result = {**history.as_dict(), "rank": info.rank, "world_size": W, "weights_sha256": digest}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"rank{info.rank}.json").write_text(json.dumps(history, indent=1))
+    (args.out / f"rank{info.rank}.json").write_text(json.dumps(result, indent=1))
     if info.is_main:   # one writer: the weights are the same on every rank
         settings = vars(args) | {"out": str(args.out)}
         save_checkpoint(args.out / "model.safetensors", model,
                         metadata={"world_size": W, "args": settings})
         say(f"saved {args.out / 'model.safetensors'}; weights sha256 {digest[:16]}")
-    return model, history
+    return model, result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import torch
 from .model import eval_mode
 
 __all__ = [
+    "store_weights_input_major",
     "text_to_token_ids",
     "token_ids_to_text",
     "generate_text_simple",
@@ -147,3 +148,22 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
             if eos_id is not None and finished.all():
                 break
     return idx
+
+
+@torch.no_grad()
+def store_weights_input_major(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep every ``nn.Linear`` weight of ``model`` transposed in memory; returns the model.
+
+    The weights keep their values, shapes and names; only the memory order
+    changes, from ``(out, in)`` rows to ``(in, out)`` rows, the order
+    transformers' GPT-2 keeps (its ``Conv1D``). A KV-cache decoding step
+    multiplies one token's vector by each matrix, and on a CPU that product
+    reads the ``(in, out)`` order faster (benchmarks/matvec_layout.py); it
+    uses no more memory, and prompts, training and checkpoints work as
+    before. Tied weights (one Parameter) change once, for both uses.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+

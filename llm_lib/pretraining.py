@@ -7,9 +7,7 @@ the cached result, training only when no checkpoint for the recipe exists.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 from dataclasses import dataclass, field
 
 import torch
@@ -38,9 +36,9 @@ class PretrainRecipe:
     num_epochs: int = 10
     lr: float = 4e-4
     weight_decay: float = 0.1
-    eval_freq: int = 5
-    eval_iter: int = 5
-    start_context: str = "Every effort moves you"
+    eval_every: int = 5
+    eval_batches: int = 5
+    prompt: str = "Every effort moves you"
 
     def key(self) -> str:
         """A short hash of the recipe, used in the checkpoint's file name.
@@ -69,21 +67,16 @@ class PretrainRecipe:
 
 
 def pretrain(recipe: PretrainRecipe, device="cpu", progress: bool = True, verbose: bool = True):
-    """Run ``recipe`` from a seeded random model; returns ``(model, history)``.
-
-    ``history`` holds ``train_losses``, ``val_losses`` and ``tokens_seen`` as lists.
-    """
+    """Run ``recipe`` from a seeded random model; returns ``(model, TrainingHistory)``."""
     tokenizer = get_gpt2_encoding()
     torch.manual_seed(recipe.seed)
     model = GPTModel(recipe.cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     train_loader, val_loader = recipe.loaders(tokenizer)
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        train_losses, val_losses, tokens_seen = train_model_simple(
-            model, train_loader, val_loader, optimizer, device, recipe.num_epochs, recipe.eval_freq,
-            recipe.eval_iter, recipe.start_context, tokenizer, progress=progress)
-    history = {"train_losses": train_losses, "val_losses": val_losses, "tokens_seen": tokens_seen}
+    history = train_model_simple(
+        model, train_loader, val_loader, optimizer, num_epochs=recipe.num_epochs,
+        eval_every=recipe.eval_every, eval_batches=recipe.eval_batches, device=device,
+        prompt=recipe.prompt, tokenizer=tokenizer, progress=progress, verbose=verbose)
     return model, history
 
 
@@ -91,7 +84,7 @@ def load_or_pretrain(recipe: PretrainRecipe | None = None, device="cpu", progres
                      verbose: bool = False, retrain: bool = False):
     """The model trained by ``recipe`` (chapter 28's run by default), loaded from the cache or trained now.
 
-    Returns ``(model, history)`` with the model in eval mode. ``verbose`` prints
+    Returns ``(model, TrainingHistory)`` with the model in eval mode. ``verbose`` prints
     the training log (losses, a sample per epoch) when training happens;
     ``retrain`` trains even if a checkpoint exists. A lock file makes
     concurrent callers (two notebooks run in parallel) wait for one training

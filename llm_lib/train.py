@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from .distributed import _is_ddp, _mean_over_ranks, _rank_and_world, unwrap_model
 from .generate import generate_text_simple, text_to_token_ids, token_ids_to_text
+from .history import TrainingHistory, progress_bar
 from .model import eval_mode
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "make_optimizer",
     "train_step",
     "train_model",
+    "TrainingHistory",
 ]
 
 # Names that moved to a module of their own, still importable from llm_lib.train. They are
@@ -79,63 +80,66 @@ def calc_loss_loader(data_loader, model, device="cpu", num_batches: int | None =
 
 
 @torch.no_grad()
-def evaluate_model(model, train_loader, val_loader, device="cpu", eval_iter: int = 5):
-    """Training and validation loss over ``eval_iter`` batches each, in eval mode (no dropout)."""
+def evaluate_model(model, train_loader, val_loader, device="cpu",
+                   num_batches: int = 5):
+    """Training and validation loss over ``num_batches`` batches of each
+    loader, in eval mode (no dropout) and without a graph."""
     with eval_mode(model):
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches)
     return train_loss, val_loss
 
 
-def generate_and_print_sample(model, tokenizer, device, start_context: str,
-                              max_new_tokens: int = 50) -> str:
-    """Greedily continue ``start_context`` and print it on one line; returns the text."""
+def generate_and_print_sample(model, tokenizer, prompt: str, max_new_tokens: int = 50,
+                              device="cpu") -> str:
+    """Greedily continue ``prompt`` and print it on one line; returns the text."""
     context_size = model.pos_emb.weight.shape[0]
-    idx = text_to_token_ids(start_context, tokenizer).to(device)
+    idx = text_to_token_ids(prompt, tokenizer).to(device)
     out = generate_text_simple(model, idx, max_new_tokens, context_size)
     text = token_ids_to_text(out.cpu(), tokenizer).replace("\n", " ")
     print(text)
     return text
 
 
-def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs: int,
-                       eval_freq: int, eval_iter: int, start_context: str | None = None,
-                       tokenizer=None, progress: bool = True, sample_tokens: int = 50):
-    """Train with next-token cross-entropy; returns ``(train_losses, val_losses, tokens_seen)``.
+def train_model_simple(model, train_loader, val_loader, optimizer, *,
+                       num_epochs: int, eval_every: int = 5,
+                       eval_batches: int = 5, device="cpu",
+                       prompt: str | None = None, tokenizer=None,
+                       sample_tokens: int = 50, progress: bool = True,
+                       verbose: bool = True) -> TrainingHistory:
+    """Train on next-token cross-entropy; returns the run's TrainingHistory.
 
-    Every ``eval_freq`` optimizer steps both losses are measured over
-    ``eval_iter`` batches and printed; after each epoch a greedy sample of
-    ``start_context`` is printed (when a tokenizer is given).
+    Both losses are measured over ``eval_batches`` batches right after the
+    first update, then after every ``eval_every`` more; ``verbose`` prints
+    each evaluation. After each epoch the model continues ``prompt``
+    greedily (when a tokenizer is given), so the text can be seen improving.
     """
-    from tqdm import tqdm
-
-    train_losses, val_losses, track_tokens_seen = [], [], []
-    tokens_seen, global_step = 0, -1
-    bar = tqdm(total=num_epochs * len(train_loader), desc="training", unit="step",
-               disable=not progress, file=sys.stderr, leave=False)
-    for epoch in range(num_epochs):
-        model.train()
-        for input_batch, target_batch in train_loader:
-            optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
-            loss.backward()
-            optimizer.step()
-            tokens_seen += input_batch.numel()
-            global_step += 1
-            bar.update(1)
-            if global_step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device,
-                                                      eval_iter)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
-                track_tokens_seen.append(tokens_seen)
-                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-                print(f"Ep {epoch + 1} (step {global_step:06d}): "
-                      f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        if start_context is not None and tokenizer is not None:
-            generate_and_print_sample(model, tokenizer, device, start_context, sample_tokens)
-    bar.close()
-    return train_losses, val_losses, track_tokens_seen
+    history = TrainingHistory(unit="tokens")
+    per_epoch = len(train_loader)
+    total = num_epochs * per_epoch
+    step = seen = 0
+    with progress_bar(total, enabled=progress) as bar:
+        for _ in range(num_epochs):
+            model.train()
+            for inputs, targets in train_loader:
+                optimizer.zero_grad()
+                loss = calc_loss_batch(inputs, targets, model, device)
+                loss.backward()
+                optimizer.step()
+                step, seen = step + 1, seen + inputs.numel()
+                history.step_losses.append(loss.item())
+                bar.update()
+                if (step - 1) % eval_every == 0:
+                    train_loss, val_loss = evaluate_model(
+                        model, train_loader, val_loader, device, eval_batches)
+                    history.record(step=step, epoch=step / per_epoch, seen=seen,
+                                   train_loss=train_loss, val_loss=val_loss)
+                    if verbose:
+                        print(history.line(total_steps=total))
+            if prompt is not None and tokenizer is not None and verbose:
+                generate_and_print_sample(model, tokenizer, prompt,
+                                          sample_tokens, device)
+    return history
 
 
 # ----------------------------------------------------------------------------------
@@ -248,22 +252,20 @@ def train_step(model, optimizer, input_batch: torch.Tensor, target_batch: torch.
     return float(total)
 
 
-def train_model(model, train_loader, val_loader, optimizer, device="cpu", num_epochs: int = 1,
-                eval_freq: int = 5, eval_iter: int = 5, options: TrainOptions | None = None,
-                start_context: str | None = None, tokenizer=None, progress: bool = True,
-                sample_tokens: int = 50, max_steps: int | None = None):
+def train_model(model, train_loader, val_loader, optimizer, *, num_epochs: int = 1, eval_every: int = 5,
+                eval_batches: int = 5, device="cpu", options: TrainOptions | None = None,
+                prompt: str | None = None, tokenizer=None, sample_tokens: int = 50, progress: bool = True,
+                verbose: bool = True, max_steps: int | None = None) -> TrainingHistory:
     """``train_model_simple`` with the switches of ``options``, on one process or several.
 
-    Returns ``(train_losses, val_losses, tokens_seen)``; with default options in
-    one process the numbers are exactly ``train_model_simple``'s. When a
-    ``torch.distributed`` process group is initialised (``model`` wrapped in
-    DistributedDataParallel, ``train_loader`` built on a DistributedSampler), it
-    calls the sampler's ``set_epoch`` every epoch, averages the evaluated losses
-    over all ranks, counts the tokens of all ranks, and only rank 0 prints, shows
-    the progress bar and samples text. ``max_steps`` stops after that many steps.
+    With default options in one process the history is exactly
+    ``train_model_simple``'s. When a ``torch.distributed`` process group is
+    initialised (``model`` wrapped in DistributedDataParallel, ``train_loader``
+    built on a DistributedSampler), it calls the sampler's ``set_epoch`` every
+    epoch, averages the evaluated losses over all ranks, counts the tokens of
+    all ranks, and only rank 0 prints, shows the progress bar and samples text.
+    ``max_steps`` stops after that many steps.
     """
-    from tqdm import tqdm
-
     options = options or TrainOptions()
     rank, world = _rank_and_world()
     is_main = rank == 0
@@ -272,39 +274,33 @@ def train_model(model, train_loader, val_loader, optimizer, device="cpu", num_ep
     scaler = None
     if options.autocast_dtype == torch.float16:
         scaler = torch.amp.GradScaler(torch.device(device).type)
-    total_steps = num_epochs * len(train_loader)
-    if max_steps is not None:
-        total_steps = min(total_steps, max_steps)
+    per_epoch = len(train_loader)
+    total = num_epochs * per_epoch if max_steps is None else min(num_epochs * per_epoch, max_steps)
 
-    train_losses, val_losses, track_tokens_seen = [], [], []
-    tokens_seen, global_step = 0, -1
-    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not (progress and is_main),
-               file=sys.stderr, leave=False)
-    for epoch in range(num_epochs):
-        if global_step + 1 >= total_steps:
-            break
-        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every rank
-        model.train()
-        for input_batch, target_batch in train_loader:
-            if global_step + 1 >= total_steps:
+    history = TrainingHistory(unit="tokens")
+    step = seen = 0
+    with progress_bar(total, enabled=progress and is_main) as bar:
+        for epoch in range(num_epochs):
+            if step >= total:
                 break
-            train_step(step_model, optimizer, input_batch, target_batch, device, options, scaler)
-            tokens_seen += input_batch.numel() * world
-            global_step += 1
-            bar.update(1)
-            if global_step % eval_freq == 0:
-                with autocast_context(device, options.autocast_dtype):
-                    losses = evaluate_model(inner, train_loader, val_loader, device, eval_iter)
-                train_loss, val_loss = _mean_over_ranks(list(losses), device)
-                train_losses.append(train_loss)
-                val_losses.append(val_loss)
-                track_tokens_seen.append(tokens_seen)
-                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-                if is_main:
-                    print(f"Ep {epoch + 1} (step {global_step:06d}): "
-                          f"train loss {train_loss:.3f}, val loss {val_loss:.3f}")
-        if start_context is not None and tokenizer is not None and is_main:
-            generate_and_print_sample(inner, tokenizer, device, start_context, sample_tokens)
-    bar.close()
-    return train_losses, val_losses, track_tokens_seen
+            if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)   # a new shuffle each epoch, the same on every rank
+            model.train()
+            for inputs, targets in train_loader:
+                if step >= total:
+                    break
+                loss = train_step(step_model, optimizer, inputs, targets, device, options, scaler)
+                step, seen = step + 1, seen + inputs.numel() * world
+                history.step_losses.append(loss)
+                bar.update()
+                if (step - 1) % eval_every == 0:
+                    with autocast_context(device, options.autocast_dtype):
+                        losses = evaluate_model(inner, train_loader, val_loader, device, eval_batches)
+                    train_loss, val_loss = _mean_over_ranks(list(losses), device)
+                    history.record(step=step, epoch=step / per_epoch, seen=seen, train_loss=train_loss,
+                                   val_loss=val_loss)
+                    if verbose and is_main:
+                        print(history.line(total_steps=total))
+            if prompt is not None and tokenizer is not None and verbose and is_main:
+                generate_and_print_sample(inner, tokenizer, prompt, sample_tokens, device)
+    return history

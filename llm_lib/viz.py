@@ -282,22 +282,44 @@ def sampling_explorer(logits, labels, temperatures=(0.0, 0.3, 0.7, 1.0, 1.5, 2.5
 setup_plotly()
 
 
-def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, ax=None):
-    """Training and validation loss against epochs (bottom axis) and tokens seen (top axis); returns the figure."""
+def _piecewise_linear(xs, ys):
+    """x -> y through the points ``(0, 0), (xs[i], ys[i])``, continued past the last with the mean slope."""
+    import numpy as np
+
+    xs, ys = np.concatenate([[0.0], xs]), np.concatenate([[0.0], ys])
+    slope = ys[-1] / xs[-1] if xs[-1] else 1.0
+
+    def f(x):
+        x = np.asarray(x, dtype=float)
+        return np.where(x > xs[-1], ys[-1] + (x - xs[-1]) * slope, np.interp(x, xs, ys))
+
+    return f
+
+
+def plot_losses(history, ax=None, title: str = "Loss during training"):
+    """A TrainingHistory's training and validation loss against epochs, with what was seen on top.
+
+    The top axis is a second scale of the same x axis (``secondary_xaxis``):
+    each epoch mark is labelled with the tokens (or examples) trained on by
+    then. Returns the figure.
+    """
     import matplotlib.pyplot as plt
 
+    if not len(history):
+        raise ValueError("the history has no evaluations to plot")
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
     else:
         fig = ax.figure
-    ax.plot(epochs_seen, train_losses, label="training loss")
-    ax.plot(epochs_seen, val_losses, linestyle="--", label="validation loss")
+    ax.plot(history.epochs, history.train_losses, marker=".", label="training loss")
+    ax.plot(history.epochs, history.val_losses, marker=".", linestyle="--", label="validation loss")
     ax.set_xlabel("epochs")
     ax.set_ylabel("cross-entropy loss")
-    ax.set_title("Loss during pretraining")
+    ax.set_title(title)
     ax.legend(loc="upper right")
-    top = ax.twiny()  # same curve, labelled by tokens seen
-    top.plot(tokens_seen, train_losses, alpha=0)
-    top.set_xlabel("tokens seen")
+    to_seen = _piecewise_linear(history.epochs, history.seen)
+    to_epochs = _piecewise_linear(history.seen, history.epochs)
+    top = ax.secondary_xaxis("top", functions=(to_seen, to_epochs))
+    top.set_xlabel(f"{history.unit} seen")
     fig.tight_layout()
     return fig

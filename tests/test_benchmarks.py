@@ -37,6 +37,7 @@ def test_generation_benchmark_gives_the_same_tokens_every_way():
     rows = _table_rows(_run("generation.py", "--tiny", "--new-tokens", "12", "--repeats", "1"), "implementation")
     assert [r[0] for r in rows] == ["llm_lib, no cache (teaching path)", "llm_lib, KV cache",
                                     "llm_lib, KV cache + fused kernels",
+                                    "llm_lib, KV cache + fused kernels + input-major weights",
                                     "transformers GPT2LMHeadModel.generate (sdpa, cache)"]
     assert all(r[-1] == "yes" for r in rows)  # the cache and Hugging Face agree with the uncached path
 
@@ -46,6 +47,12 @@ def test_bpe_benchmark_learns_the_same_merges_and_ids_every_way():
     assert [(r[0], r[-1]) for r in rows if "Hugging Face" not in r[1]] == [
         ("train", "(reference)"), ("train", "yes"),
         ("encode", "(reference)"), ("encode", "yes"), ("encode", "yes"), ("encode", "yes")]
+
+
+def test_matvec_benchmark_checks_the_three_products_agree_and_times_each():
+    rows = _table_rows(_run("matvec_layout.py", "--tiny", "--repeats", "1"), "product")
+    assert [r[0].split(",")[0] for r in rows] == ["3 x nn.Linear", "1 x nn.Linear", "addmm"]
+    assert rows[0][2] == "1.00x" and all(float(r[1]) > 0 for r in rows)
 
 
 def test_cpu_training_benchmark_reports_every_variant():

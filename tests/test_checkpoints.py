@@ -11,6 +11,7 @@ import torch
 
 from llm_lib import checkpoints
 from llm_lib.checkpoints import exclusive_lock, load_checkpoint, load_or_train, save_checkpoint
+from llm_lib.history import TrainingHistory
 from llm_lib.model import GPTConfig, GPTModel
 
 TINY = GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
@@ -30,7 +31,9 @@ def seeded_training(recipe, device="cpu", progress=True, verbose=False):
     torch.manual_seed(recipe.seed)
     model = GPTModel(recipe.cfg)
     torch.rand(1000)  # training draws random numbers: shuffling, dropout
-    return model, {"train_losses": [1.0]}
+    history = TrainingHistory()
+    history.record(step=1, epoch=1.0, seen=8, train_loss=1.0, val_loss=1.0)
+    return model, history
 
 
 def weights_of(model):

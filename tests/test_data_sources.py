@@ -117,7 +117,7 @@ def test_tar_members_come_from_one_download(tmp_path, monkeypatch, prefix):
     assert data_path(names[0]).read_bytes() == files[names[0]][1]
     assert data_path(names[1]).read_bytes() == files[names[1]][1]  # extracted with the first
     assert len(calls) == 1
-    assert not list((tmp_path / "cache").rglob(".part-*")) and not list((tmp_path / "cache").rglob("*.tar"))
+    assert not list((tmp_path / "cache").rglob("*.part")) and not list((tmp_path / "cache").rglob("*.tar"))
 
 
 def test_zip_member_and_a_missing_member(tmp_path, monkeypatch):
@@ -143,3 +143,32 @@ def test_an_archive_that_is_neither_zip_nor_tar(tmp_path, monkeypatch):
     _archive_entries(monkeypatch, blob.as_uri(), {"x.txt": ("x.txt", b"x")})
     with pytest.raises(DataIntegrityError, match="neither a zip nor a tar"):
         data_path("x.txt")
+
+
+def test_write_atomically_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from llm_lib.data_sources import write_atomically
+
+    target = tmp_path / "notes.txt"
+    write_atomically(target, lambda tmp: tmp.write_text("old"))
+
+    def fail_half_way(tmp):
+        tmp.write_text("ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, fail_half_way)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # no temporary file left
+
+
+def test_a_download_cut_short_leaves_no_file(tmp_path, monkeypatch):
+    import io
+    import urllib.request
+
+    class Cut(io.BytesIO):
+        headers = {"Content-Length": "10"}
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout: Cut(b"12345"))
+    with pytest.raises(ConnectionError, match="stopped after 5 of 10 bytes"):
+        data_sources.download("https://example.org/file.bin", tmp_path / "file.bin")
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ from llm_lib.model import GPTModel
 from llm_lib.train import DistributedInfo, load_checkpoint, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["--max-steps", "4", "--eval-freq", "2", "--eval-iter", "1", "--quiet"]
+STEPS = ["--max-steps", "4", "--eval-every", "2", "--eval-batches", "1", "--quiet"]
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this torch build has no gloo backend for torch.distributed")
@@ -43,7 +43,7 @@ def test_two_ranks_end_equal_and_match_one_process_with_the_double_batch(tmp_pat
 
     args = parse_args(["--out", str(tmp_path / "single"), "--batch-size", "4", *STEPS])
     single, history = run(args, DistributedInfo())
-    assert history["tokens_seen"] == ranks[0]["tokens_seen"]
+    assert history["seen"] == ranks[0]["seen"]
     ddp = GPTModel(build_config(args))
     load_checkpoint(tmp_path / "ddp" / "model.safetensors", ddp)
     assert weights_digest(ddp) == ranks[0]["weights_sha256"]

@@ -241,8 +241,8 @@ def test_training_on_the_cache_is_the_same_training(tokenizer):
     (a, history_a), (b, history_b) = results
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, msg=name)
-    assert history_a["batch_losses"] == pytest.approx(history_b["batch_losses"], abs=1e-5)
-    assert history_a["val_accs"] == history_b["val_accs"]
+    assert history_a.step_losses == pytest.approx(history_b.step_losses, abs=1e-5)
+    assert history_a.metrics["val_acc"] == history_b.metrics["val_acc"]
 
 
 def test_training_on_a_cache_refuses_trainable_lower_blocks(tokenizer):
@@ -252,7 +252,7 @@ def test_training_on_a_cache_refuses_trainable_lower_blocks(tokenizer):
     optimizer = torch.optim.AdamW(model.parameters())
     loader = DataLoader(cache, batch_size=2, collate_fn=HiddenStateDataset.collate)
     with pytest.raises(ValueError, match="cannot be trained"):
-        train_classifier(model, loader, loader, optimizer, 1, start_block=2, progress=False)
+        train_classifier(model, loader, loader, optimizer, num_epochs=1, start_block=2, progress=False)
 
 
 # ---------------------------------------------------------------- training, evaluation, classification
@@ -283,10 +283,11 @@ def test_train_classifier_learns_and_keeps_frozen_weights(tokenizer, trainable):
     ds = SpamDataset(rows, tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     history = train_classifier(model, loaders_for(ds, batch_size=4), DataLoader(ds, batch_size=8), optimizer,
-                               EPOCHS, progress=False, verbose=False)
-    assert history["epochs"] == list(range(1, EPOCHS + 1)) and history["examples_seen"][-1] == EPOCHS * len(ds)
-    assert len(history["batch_losses"]) == EPOCHS * 10 and history["batch_examples_seen"][-1] == EPOCHS * len(ds)
-    assert history["val_accs"][-1] == 1.0 and history["train_losses"][-1] < history["train_losses"][0]
+                               num_epochs=EPOCHS, progress=False, verbose=False)
+    assert history.epochs == list(range(1, EPOCHS + 1)) and history.seen[-1] == EPOCHS * len(ds)
+    assert history.unit == "examples" and history.steps == [10 * e for e in range(1, EPOCHS + 1)]
+    assert len(history.step_losses) == EPOCHS * 10 and sorted(history.metrics) == ["train_acc", "val_acc"]
+    assert history.metrics["val_acc"][-1] == 1.0 and history.train_losses[-1] < history.train_losses[0]
     assert not model.training
     moved = not torch.equal(model.trf_blocks[0].ff.layers[0].weight, frozen_before)
     assert moved == (trainable == "all")
@@ -298,12 +299,14 @@ def test_train_classifier_prints_one_line_per_epoch(tokenizer, capsys):
     model = classifier()
     ds = SpamDataset(ROWS, tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    train_classifier(model, DataLoader(ds, batch_size=3), DataLoader(ds, batch_size=3), optimizer, 2,
-                     progress=False)
+    loader = DataLoader(ds, batch_size=3)
+    train_classifier(model, loader, loader, optimizer, num_epochs=2, progress=False)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and lines[1].startswith("epoch 2: train loss")
+    steps = 2 * len(loader)
+    assert len(lines) == 2 and lines[1].startswith(f"step {steps}/{steps} | epoch 2.00 | {2 * len(ds)} examples")
+    assert "train loss" in lines[1] and "train_acc" in lines[1] and "val_acc" in lines[1]
     with pytest.raises(ValueError, match="num_epochs must be at least 1"):
-        train_classifier(model, DataLoader(ds), DataLoader(ds), optimizer, 0)
+        train_classifier(model, DataLoader(ds), DataLoader(ds), optimizer, num_epochs=0)
 
 
 def test_evaluate_classifier_is_cross_entropy_and_accuracy_by_hand(tokenizer):
@@ -342,3 +345,58 @@ def test_confusion_matrix_by_hand():
         confusion_matrix([0, 1, 1], [0, 1])
     with pytest.raises(ValueError, match="must lie in 0..1"):
         confusion_matrix([0, 2], [0, 1])
+
+
+# ---------------------------------------------------------------- a Llama backbone (chapter 32)
+
+
+def llama_classifier(seed=0):
+    from llm_lib.llama import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=50257, context_length=64, emb_dim=48, n_heads=6, n_kv_heads=2, n_layers=3,
+                      hidden_dim=80)
+    model = add_classification_head(LlamaModel(cfg))
+    freeze_for_classification(model, "last_block")
+    return model.eval()
+
+
+def test_a_llama_backbone_reads_the_last_real_token_and_ignores_padding():
+    model = llama_classifier()
+    assert model.out_head.out_features == 2 and not model.tok_emb.weight.requires_grad
+    message = torch.tensor([[11, 22, 33, 44]])
+    alone = classifier_logits(model, message, torch.tensor([4]))
+    padded = torch.cat([message, torch.full((1, 5), 7)], dim=1)
+    torch.testing.assert_close(classifier_logits(model, padded, torch.tensor([4])), alone)
+    hidden = model.final_norm(model.backbone(message)[:, -1])
+    torch.testing.assert_close(alone, model.out_head(hidden))   # the model's own forward pass
+    states = hidden_states(model, padded, 2)
+    torch.testing.assert_close(classifier_logits(model, states, torch.tensor([4]), start_block=2), alone)
+
+
+def test_training_a_llama_classifier_on_its_cache_is_the_same_training(tokenizer):
+    ds = SpamDataset(ROWS, tokenizer)
+    on_ids = llama_classifier(seed=1)
+    on_cache = copy.deepcopy(on_ids)
+    cache = cache_hidden_states(on_cache, ds, start_block=2, progress=False)
+    results = []
+    for model, data, start, collate in ((on_ids, ds, 0, None), (on_cache, cache, 2, HiddenStateDataset.collate)):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        val = DataLoader(data, batch_size=4, collate_fn=collate)
+        results.append(train_classifier(model, loaders_for(data, collate), val, optimizer, num_epochs=2,
+                                        start_block=start, progress=False, verbose=False))
+    assert results[0].step_losses == pytest.approx(results[1].step_losses, abs=1e-5)
+    assert classify_text(ROWS[0][0], on_cache, tokenizer) in CLASS_NAMES
+
+
+def test_a_bfloat16_cache_is_float32_and_close_to_the_exact_one(tokenizer):
+    model = classifier()
+    ds = SpamDataset(ROWS, tokenizer)
+    exact = cache_hidden_states(model, ds, start_block=2, progress=False)
+    fast = cache_hidden_states(model, ds, start_block=2, progress=False, autocast_dtype=torch.bfloat16)
+    for a, b in zip(exact.states, fast.states, strict=True):
+        assert b.dtype == torch.float32 and b.shape == a.shape
+        torch.testing.assert_close(b, a, rtol=0.05, atol=0.05)
+    assert any(not torch.equal(a, b) for a, b in zip(exact.states, fast.states, strict=True))
+    with pytest.raises(ValueError, match="autocast_dtype must be"):
+        cache_hidden_states(model, ds, start_block=2, progress=False, autocast_dtype=torch.float64)

@@ -1,6 +1,7 @@
 """Instruction finetuning (chapter 34): prompt format, collate masking, batching by length, training, responses."""
 
 import json
+import math
 import threading
 import time
 
@@ -32,13 +33,14 @@ from llm_lib.finetune import (
     train_instruction_model,
 )
 from llm_lib.generate import generate
+from llm_lib.history import TrainingHistory
 from llm_lib.model import GPTConfig, GPTModel
 from llm_lib.tokenizer import get_gpt2_encoding
 from llm_lib.train import calc_loss_batch, checkpoint_path
 
 PAD, X = 50256, IGNORE_INDEX
 TINY = GPTConfig(context_length=64, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0, tie_weights=True)
-TINY_RECIPE = InstructionRecipe(cfg=TINY, batch_size=8, num_epochs=2, eval_freq=4, lr=5e-3)
+TINY_RECIPE = InstructionRecipe(cfg=TINY, batch_size=8, num_epochs=2, eval_every=4, lr=5e-3)
 
 
 @pytest.fixture
@@ -216,12 +218,12 @@ def test_training_lowers_the_loss_and_records_history(small_splits):
     before = instruction_loss_loader(val_loader, model)
     assert abs(before - torch.log(torch.tensor(50257.0)).item()) < 0.3  # a fresh model guesses uniformly
     opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
-    history = train_instruction_model(model, train_loader, val_loader, opt, num_epochs=3, eval_freq=5,
+    history = train_instruction_model(model, train_loader, val_loader, opt, num_epochs=3, eval_every=5,
                                       progress=False, verbose=False)
-    assert history["steps"] == [5, 10, 15, 18] and history["epochs_seen"][-1] == 3.0
-    assert history["val_loss_before"] == pytest.approx(before)
-    assert history["val_losses"][-1] < before - 1.0
-    assert history["tokens_seen"] == sorted(history["tokens_seen"])
+    assert history.steps == [0, 5, 10, 15, 18] and history.epochs[-1] == 3.0
+    assert history.val_losses[0] == pytest.approx(before) and math.isnan(history.train_losses[0])
+    assert history.val_losses[-1] < before - 1.0
+    assert history.seen == sorted(history.seen) and len(history.step_losses) == 18
 
 
 class ScriptedModel(nn.Module):
@@ -278,7 +280,7 @@ def test_save_and_load_responses(tmp_path):
 def test_recipe_key_and_validation():
     # chapter 34 prints this key and readers' caches hold the finetuned weights under it: change it only on
     # purpose (a new TRAINING_CODE_VERSION changes it, as it should)
-    assert InstructionRecipe().key() == "acf487184c94"
+    assert InstructionRecipe().key() == "c2433cad0378"
     assert InstructionRecipe(mask_prompt=False).key() != InstructionRecipe().key()
     medium = InstructionRecipe.gpt2("medium")
     assert (medium.cfg.emb_dim, medium.cfg.n_layers, medium.cfg.qkv_bias, medium.base) == (1024, 24, True, "medium")
@@ -302,7 +304,7 @@ def test_load_or_finetune_trains_once_then_loads(tmp_path, monkeypatch, small_sp
     monkeypatch.setenv("LLM_LIB_CHECKPOINT_DIR", str(tmp_path))
     model, history = load_or_finetune(TINY_RECIPE, progress=False)
     assert checkpoint_path(TINY_RECIPE).exists() and not model.training
-    assert history["val_losses"][-1] < history["val_loss_before"]
+    assert history.val_losses[-1] < history.val_losses[0]
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached weights should have been used")
@@ -327,7 +329,9 @@ def test_parallel_callers_share_one_finetuning_run(tmp_path, monkeypatch):
     def slow_finetune(recipe, device="cpu", progress=True, verbose=True):
         calls.append(recipe.key())
         time.sleep(0.5)
-        return GPTModel(recipe.cfg), {"val_losses": [1.0]}
+        history = TrainingHistory()
+        history.record(step=0, epoch=0.0, seen=0, train_loss=math.nan, val_loss=1.0)
+        return GPTModel(recipe.cfg), history
 
     monkeypatch.setattr(instruct_recipe, "finetune", slow_finetune)
     threads = [threading.Thread(target=load_or_finetune, args=(TINY_RECIPE,)) for _ in range(2)]

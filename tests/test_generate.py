@@ -163,3 +163,28 @@ def test_cache_runs_one_token_per_step_until_the_context_is_full(model):
     lengths.clear()
     generate(model, torch.tensor([[1, 2, 3]]), 8, CFG.context_length)
     assert lengths == [3, 4, 5, 6, 7, 8, 8, 8]
+
+
+def test_input_major_weights_keep_the_model_and_its_greedy_tokens(tmp_path):
+    from llm_lib.checkpoints import load_checkpoint, save_checkpoint
+    from llm_lib.generate import generate, store_weights_input_major
+    from llm_lib.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=300, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0,
+                    tie_weights=True)
+    plain = GPTModel(cfg).eval()
+    fast = GPTModel(cfg).eval()
+    fast.load_state_dict(plain.state_dict())
+    head = fast.out_head.weight
+    assert store_weights_input_major(fast) is fast and fast.out_head.weight is head   # same Parameter
+    assert not head.is_contiguous() and head.t().is_contiguous() and fast.tok_emb.weight is head
+    store_weights_input_major(fast)                                                   # idempotent
+    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    ids = torch.randint(0, 300, (2, 5))
+    torch.testing.assert_close(fast(ids), plain(ids), rtol=1e-5, atol=1e-5)
+    assert torch.equal(generate(fast, ids, 12, 32, use_cache=True), generate(plain, ids, 12, 32, use_cache=True))
+    again = GPTModel(cfg)
+    load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", fast), again)   # saved as usual
+    assert torch.equal(again.out_head.weight, plain.out_head.weight) and again.out_head.weight.is_contiguous()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from llm_lib import checkpoints, pretraining
 from llm_lib.data import create_dataloader
 from llm_lib.data_sources import load_text
+from llm_lib.history import TrainingHistory
 from llm_lib.model import GPTConfig, GPTModel
 from llm_lib.tokenizer import get_gpt2_encoding
 from llm_lib.train import (
@@ -50,7 +51,7 @@ def test_calc_loss_batch_is_cross_entropy_by_hand():
 def test_untrained_loss_is_near_log_vocab():
     torch.manual_seed(0)
     train, val = loaders()
-    train_loss, val_loss = evaluate_model(GPTModel(TINY), train, val, eval_iter=3)
+    train_loss, val_loss = evaluate_model(GPTModel(TINY), train, val, num_batches=3)
     assert abs(val_loss - torch.log(torch.tensor(50257.0)).item()) < 0.6
 
 
@@ -59,18 +60,25 @@ def run_training(steps_epochs=1):
     train, val = loaders()
     model = GPTModel(TINY)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    losses = train_model_simple(model, train, val, opt, "cpu", num_epochs=steps_epochs,
-                                eval_freq=5, eval_iter=2, progress=False)
-    return model, opt, losses
+    history = train_model_simple(model, train, val, opt, num_epochs=steps_epochs,
+                                 eval_every=5, eval_batches=2, progress=False)
+    return model, opt, history
 
 
 def test_training_lowers_the_loss_and_is_reproducible(capsys):
-    _, _, (train_losses, val_losses, tokens) = run_training()
-    assert train_losses[-1] < train_losses[0] - 1.0
-    assert tokens == sorted(tokens) and tokens[0] == 4 * 32
-    assert "train loss" in capsys.readouterr().out
+    train, _ = loaders()
+    _, _, history = run_training()
+    assert history.train_losses[-1] < history.train_losses[0] - 1.0
+    # evaluations after step 1, then every 5 steps: 1, 6, 11, ...
+    assert history.steps == list(range(1, len(train) + 1, 5))
+    assert history.seen == [s * 4 * 32 for s in history.steps]
+    assert history.epochs == [s / len(train) for s in history.steps]
+    assert len(history.step_losses) == len(train) and history.metrics == {}
+    log = capsys.readouterr().out
+    assert log.count("train loss") == len(history)
+    assert f"step  1/{len(train)} | epoch 0.0" in log
     _, _, again = run_training()
-    assert again == (train_losses, val_losses, tokens)
+    assert again == history
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
@@ -119,19 +127,29 @@ def test_plot_losses_draws_both_curves_against_epochs_and_tokens():
     import matplotlib
 
     matplotlib.use("Agg")
-    fig = plot_losses([0, 1, 2], [100, 200, 300], [3.0, 2.0, 1.5], [3.1, 2.6, 2.5])
-    ax, top = fig.axes
+    history = TrainingHistory()
+    for step, (train, val) in enumerate([(3.0, 3.1), (2.0, 2.6), (1.5, 2.5)], start=1):
+        history.record(step=step, epoch=step / 2, seen=100 * step, train_loss=train, val_loss=val)
+    fig = plot_losses(history)
+    (ax,) = fig.axes
+    (top,) = ax.child_axes   # secondary_xaxis: a second scale of the same axis
     assert [line.get_label() for line in ax.get_lines()] == ["training loss", "validation loss"]
     assert list(ax.get_lines()[1].get_ydata()) == [3.1, 2.6, 2.5]
     assert top.get_xlabel() == "tokens seen" and ax.get_xlabel() == "epochs"
+    assert len(top.get_lines()) == 0   # no hidden curve
+    to_seen, to_epochs = top._functions
+    assert to_seen(1.0) == pytest.approx(200) and to_seen(2.0) == pytest.approx(400)  # past the end
+    assert to_epochs(300) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="no evaluations"):
+        plot_losses(TrainingHistory())
 
 
-TINY_RECIPE = PretrainRecipe(cfg=TINY, num_epochs=1, batch_size=4, eval_freq=10, eval_iter=1)
+TINY_RECIPE = PretrainRecipe(cfg=TINY, num_epochs=1, batch_size=4, eval_every=10, eval_batches=1)
 
 
 def test_recipe_key_depends_on_config_and_seed():
-    assert TINY_RECIPE.key() == PretrainRecipe(cfg=TINY, num_epochs=1, batch_size=4, eval_freq=10,
-                                               eval_iter=1).key()
+    assert TINY_RECIPE.key() == PretrainRecipe(cfg=TINY, num_epochs=1, batch_size=4, eval_every=10,
+                                               eval_batches=1).key()
     assert TINY_RECIPE.key() != dataclasses.replace(TINY_RECIPE, seed=7).key()
     assert TINY_RECIPE.key() != dataclasses.replace(TINY_RECIPE, cfg=TINY.replace(n_layers=3)).key()
     assert checkpoint_path(TINY_RECIPE) != checkpoint_path(dataclasses.replace(TINY_RECIPE, seed=7))
@@ -140,17 +158,17 @@ def test_recipe_key_depends_on_config_and_seed():
 def test_chapter_28_recipe_key_is_stable(monkeypatch):
     # Readers' caches hold weights under this key (chapter 28 prints it); a new GPTConfig option at its
     # default must not change it, and a new version of the training code must.
-    assert PretrainRecipe().key() == "affdc9b07f90"
-    assert PretrainRecipe(cfg=PretrainRecipe().cfg.replace(tie_weights=True)).key() != "affdc9b07f90"
+    assert PretrainRecipe().key() == "b29033371480"
+    assert PretrainRecipe(cfg=PretrainRecipe().cfg.replace(tie_weights=True)).key() != "b29033371480"
     monkeypatch.setattr(checkpoints, "TRAINING_CODE_VERSION", checkpoints.TRAINING_CODE_VERSION + 1)
-    assert PretrainRecipe().key() != "affdc9b07f90"
+    assert PretrainRecipe().key() != "b29033371480"
 
 
 def test_load_or_pretrain_trains_once_then_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_LIB_CHECKPOINT_DIR", str(tmp_path))
     model, history = load_or_pretrain(TINY_RECIPE, progress=False)
     assert checkpoint_path(TINY_RECIPE).exists()
-    assert history["train_losses"][-1] < history["train_losses"][0]
+    assert history.train_losses[-1] < history.train_losses[0]
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached weights should have been used")
@@ -173,7 +191,9 @@ def test_parallel_callers_share_one_training_run(tmp_path, monkeypatch):
         calls.append(recipe.key())
         time.sleep(0.5)
         torch.manual_seed(recipe.seed)
-        return GPTModel(recipe.cfg), {"train_losses": [1.0], "val_losses": [1.0], "tokens_seen": [1]}
+        history = TrainingHistory()
+        history.record(step=1, epoch=1.0, seen=1, train_loss=1.0, val_loss=1.0)
+        return GPTModel(recipe.cfg), history
 
     monkeypatch.setattr(pretraining, "pretrain", slow_pretrain)
     threads = [threading.Thread(target=load_or_pretrain, args=(TINY_RECIPE,)) for _ in range(2)]
@@ -244,7 +264,7 @@ def test_train_model_with_default_options_is_train_model_simple(capsys):
         val = create_dataloader(text[2500:], shuffle=False, drop_last=False, **kw)
         model = GPTModel(TINY)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-        history = loop(model, train, val, opt, "cpu", num_epochs=2, eval_freq=3, eval_iter=2, progress=False)
+        history = loop(model, train, val, opt, num_epochs=2, eval_every=3, eval_batches=2, progress=False)
         runs.append((history, weights_digest(model), capsys.readouterr().out))
     assert runs[0] == runs[1]
     assert runs[0][2].count("train loss") >= 3
@@ -360,10 +380,10 @@ def test_train_model_counts_steps_and_tokens_and_stops_at_max_steps(capsys):
     model = GPTModel(TINY)
     opt = make_optimizer(model, lr=1e-3)
     options = TrainOptions(autocast_dtype=torch.bfloat16, grad_clip=1.0, grad_accum_steps=2)
-    train_losses, val_losses, tokens = train_model(model, train, val, opt, num_epochs=3, eval_freq=2,
-                                                   eval_iter=1, options=options, progress=False, max_steps=5)
-    assert tokens == [4 * 32, 3 * 4 * 32, 5 * 4 * 32]  # steps 0, 2, 4
-    assert len(train_losses) == len(val_losses) == 3
+    history = train_model(model, train, val, opt, num_epochs=3, eval_every=2, eval_batches=1,
+                          options=options, progress=False, max_steps=5)
+    assert history.steps == [1, 3, 5] and history.seen == [4 * 32, 3 * 4 * 32, 5 * 4 * 32]
+    assert len(history.train_losses) == len(history.val_losses) == 3 and len(history.step_losses) == 5
     assert capsys.readouterr().out.count("train loss") == 3
 
 

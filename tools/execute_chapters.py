@@ -35,6 +35,10 @@ def clean(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        # A progress bar's hundreds of redraws, which the page hides anyway (remove-stderr)
+        if "remove-stderr" in cell.metadata.get("tags", []):
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if not (o.output_type == "stream" and o.name == "stderr")]
     nb.metadata.pop("papermill", None)
     # Live widgets need a kernel; a saved snapshot would only show "Loading widget..." or a
     # frozen control on the static page. Cells that show one are tagged remove-output.

@@ -16,6 +16,7 @@ The book's own finetuning run, cached, is in ``instruct_recipe``.
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from ..checkpoints import _write_atomically
+from ..data_sources import write_atomically
+from ..history import TrainingHistory, progress_bar
 from ..model import eval_mode, logits_at
 from .classify import PAD_TOKEN_ID
 
@@ -225,52 +227,47 @@ def instruction_loss_loader(loader, model, device="cpu") -> float:
     return total / count
 
 
-def train_instruction_model(model, train_loader, val_loader, optimizer, num_epochs: int, eval_freq: int = 20,
-                            device="cpu", progress: bool = True, verbose: bool = True) -> dict:
-    """Finetune on ``(inputs, targets)`` batches with ``instruction_loss_batch``; returns the history (lists).
+def train_instruction_model(model, train_loader, val_loader, optimizer, *, num_epochs: int,
+                            eval_every: int = 20, device="cpu", progress: bool = True,
+                            verbose: bool = True) -> TrainingHistory:
+    """Finetune on ``(inputs, targets)`` batches with ``instruction_loss_batch``; returns the TrainingHistory.
 
-    Every ``eval_freq`` optimizer steps, and after the last, the history gets
-    ``steps``, ``epochs_seen`` (steps / steps per epoch), ``tokens_seen``
-    (input tokens, padding included), ``train_losses`` (mean training loss of
-    the steps since the previous record: free, but measured while the
-    weights moved) and ``val_losses`` (``instruction_loss_loader`` over all of
-    ``val_loader``). ``val_loss_before`` is the validation loss before training.
+    The first evaluation (step 0) is the validation loss before training; then
+    one every ``eval_every`` optimizer steps and one after the last. Each has
+    the mean training loss of the steps since the previous one (free, but
+    measured while the weights moved; NaN at step 0) and
+    ``instruction_loss_loader`` over all of ``val_loader``. ``seen`` counts
+    input tokens, padding included.
     """
-    from tqdm import tqdm
-
-    if num_epochs < 1 or eval_freq < 1:
-        raise ValueError(f"num_epochs and eval_freq must be at least 1, got {num_epochs} and {eval_freq}")
-    steps_per_epoch = len(train_loader)
-    history = {key: [] for key in ("steps", "epochs_seen", "tokens_seen", "train_losses", "val_losses")}
-    history["val_loss_before"] = instruction_loss_loader(val_loader, model, device)
+    if num_epochs < 1 or eval_every < 1:
+        raise ValueError(f"num_epochs and eval_every must be at least 1, got {num_epochs} and {eval_every}")
+    per_epoch = len(train_loader)
+    total = num_epochs * per_epoch
+    history = TrainingHistory(unit="tokens")
+    history.record(step=0, epoch=0.0, seen=0, train_loss=math.nan,
+                   val_loss=instruction_loss_loader(val_loader, model, device))
     if verbose:
-        print(f"before training: val loss {history['val_loss_before']:.3f}")
-    total_steps, step, tokens_seen, running = num_epochs * steps_per_epoch, 0, 0, []
-    bar = tqdm(total=total_steps, desc="finetuning", unit="step", disable=not progress, file=sys.stderr,
-               leave=False)
-    for epoch in range(num_epochs):
-        model.train()
-        for inputs, targets in train_loader:
-            optimizer.zero_grad()
-            loss = instruction_loss_batch(inputs, targets, model, device)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            tokens_seen += inputs.numel()
-            running.append(loss.item())
-            bar.update(1)
-            if step % eval_freq == 0 or step == total_steps:
-                val_loss = instruction_loss_loader(val_loader, model, device)
-                for key, value in (("steps", step), ("epochs_seen", step / steps_per_epoch),
-                                   ("tokens_seen", tokens_seen), ("train_losses", sum(running) / len(running)),
-                                   ("val_losses", val_loss)):
-                    history[key].append(value)
-                running = []
-                bar.set_postfix(train=f"{history['train_losses'][-1]:.3f}", val=f"{val_loss:.3f}")
-                if verbose:
-                    print(f"epoch {epoch + 1} step {step:4d}: train loss {history['train_losses'][-1]:.3f}, "
-                          f"val loss {val_loss:.3f}")
-    bar.close()
+        print(history.line(total_steps=total))
+    step, seen, since_last = 0, 0, []
+    with progress_bar(total, desc="finetuning", enabled=progress) as bar:
+        for _ in range(num_epochs):
+            model.train()
+            for inputs, targets in train_loader:
+                optimizer.zero_grad()
+                loss = instruction_loss_batch(inputs, targets, model, device)
+                loss.backward()
+                optimizer.step()
+                step, seen = step + 1, seen + inputs.numel()
+                history.step_losses.append(loss.item())
+                since_last.append(loss.item())
+                bar.update()
+                if step % eval_every == 0 or step == total:
+                    history.record(step=step, epoch=step / per_epoch, seen=seen,
+                                   train_loss=sum(since_last) / len(since_last),
+                                   val_loss=instruction_loss_loader(val_loader, model, device))
+                    since_last = []
+                    if verbose:
+                        print(history.line(total_steps=total))
     model.eval()
     return history
 
@@ -315,7 +312,7 @@ def save_responses(entries: Sequence[Mapping], path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(list(entries), indent=2, ensure_ascii=False) + "\n"
     # atomic, as checkpoints are: a reader never sees half a file
-    _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

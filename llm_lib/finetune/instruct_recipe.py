@@ -8,9 +8,7 @@ caches the model's answers to the test split.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +64,7 @@ class InstructionRecipe:
     weight_decay: float = 0.1
     mask_prompt: bool = True
     allowed_max_length: int | None = None  # None: the model's context length
-    eval_freq: int = 20
+    eval_every: int = 20
 
     def __post_init__(self):
         if self.base is not None:
@@ -79,8 +77,8 @@ class InstructionRecipe:
                     emb_dim, n_heads, n_layers, 1024, True):
                 raise ValueError(f"base={self.base!r} needs cfg=GPTConfig.gpt2({self.base!r}, qkv_bias=True) "
                                  f"with context_length 1024; use InstructionRecipe.gpt2({self.base!r})")
-        if self.batch_size < 1 or self.num_epochs < 1 or self.eval_freq < 1:
-            raise ValueError("batch_size, num_epochs and eval_freq must be at least 1")
+        if self.batch_size < 1 or self.num_epochs < 1 or self.eval_every < 1:
+            raise ValueError("batch_size, num_epochs and eval_every must be at least 1")
         if self.allowed_max_length is not None and not 1 <= self.allowed_max_length <= self.cfg.context_length:
             raise ValueError(f"allowed_max_length must be in 1..{self.cfg.context_length} (the context length) "
                              f"or None, got {self.allowed_max_length}")
@@ -89,7 +87,7 @@ class InstructionRecipe:
     def gpt2(cls, size: str = "medium", **overrides) -> InstructionRecipe:
         """Finetune OpenAI's GPT-2 of ``size`` (all weights): lr 5e-5, 2 epochs, unless overridden."""
         cfg = GPTConfig.gpt2(size, context_length=1024, qkv_bias=True, drop_rate=0.0, tie_weights=True)
-        settings = dict(cfg=cfg, base=size, lr=5e-5, num_epochs=2, eval_freq=5)
+        settings = dict(cfg=cfg, base=size, lr=5e-5, num_epochs=2, eval_every=5)
         settings.update(overrides)
         return cls(**settings)
 
@@ -149,15 +147,14 @@ class InstructionRecipe:
 
 
 def finetune(recipe: InstructionRecipe, device="cpu", progress: bool = True, verbose: bool = True):
-    """Run ``recipe``: build its starting model and train it with AdamW; returns ``(model, history)``."""
+    """Run ``recipe``: build its starting model and train it with AdamW; returns ``(model, TrainingHistory)``."""
     model = recipe.build_model(device)
     train_loader, val_loader = recipe.loaders()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     torch.manual_seed(recipe.seed)
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        history = train_instruction_model(model, train_loader, val_loader, optimizer, recipe.num_epochs,
-                                          recipe.eval_freq, device, progress=progress, verbose=verbose)
+    history = train_instruction_model(model, train_loader, val_loader, optimizer, num_epochs=recipe.num_epochs,
+                                      eval_every=recipe.eval_every, device=device, progress=progress,
+                                      verbose=verbose)
     return model, history
 
 

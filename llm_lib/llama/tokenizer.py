@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import regex
 
-from ..tokenizer.bpe import GPT2_SPLIT_PATTERN, ByteLevelBPE, _valid_unicode, bytes_to_unicode
+from ..tokenizer.bpe import GPT2_SPLIT_PATTERN, ByteLevelBPE, bytes_to_unicode
 
 __all__ = ["SmolLM2Tokenizer", "format_chat", "DEFAULT_SYSTEM_PROMPT"]
 
@@ -89,19 +89,6 @@ class SmolLM2Tokenizer(ByteLevelBPE):
         """
         return super().encode(text, allowed_special, disallowed_special)
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Ids of ``text``, no special tokens: digits alone, then GPT-2's split."""
-        text = _valid_unicode(text)
-        self._refuse_unspellable(text, 0, len(text))
-        # split() with a group keeps the digits, at the odd positions
-        segments = _DIGIT.split(text) if self.split_digits else [text]
-        ids = []
-        for k, segment in enumerate(segments):
-            pieces = [segment] if k % 2 else self._splitter.findall(segment)
-            for piece in pieces:
-                ids.extend(self._encode_piece(piece))
-        return ids
-
     def _refuse_unspellable(self, text: str, start: int, end: int) -> None:
         if self._unspellable and (bad := self._unspellable.search(text, start, end)):
             raise ValueError(
@@ -109,10 +96,12 @@ class SmolLM2Tokenizer(ByteLevelBPE):
                 f"at index {bad.start()}, which this vocabulary has no "
                 f"token for; remove it first")
 
-    def _pieces(self, text: str, end: int) -> list[str]:
+    def pretokenize(self, text: str, end: int | None = None) -> list[str]:
+        """GPT-2's pieces of ``text[:end]``, each digit a piece of its own."""
+        end = len(text) if end is None else end
         self._refuse_unspellable(text, 0, end)
         if not self.split_digits:
-            return super()._pieces(text, end)
+            return super().pretokenize(text, end)
         pieces, start = [], 0  # each digit alone, GPT-2's split between them
         for digit in _DIGIT.finditer(text, 0, end):
             pieces += self._splitter.findall(text, start, digit.start())

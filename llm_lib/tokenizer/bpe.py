@@ -205,7 +205,7 @@ class ByteLevelBPE:
                 return
             hold = next((k for k in range(min(longest - 1, len(rest)), 0, -1) if rest[-k:] in prefixes), 0)
             end = len(rest) - hold
-            pieces = self._pieces(rest, end)
+            pieces = self.pretokenize(rest, end)
             done, keep = end, 0  # from the end: the pieces that more text could still change stay
             while keep < len(pieces) and (keep == 0 or done - len(pieces[-keep - 1]) + self._LOOKAHEAD > end):
                 keep += 1
@@ -213,14 +213,14 @@ class ByteLevelBPE:
             yield from itertools.chain.from_iterable(map(self._encode_piece, pieces[:len(pieces) - keep]))
             rest = rest[done:]
 
-    def _pieces(self, text: str, end: int) -> list[str]:
-        """The pre-tokenised pieces of ``text[:end]``, as ``encode_ordinary`` cuts them."""
-        return self._splitter.findall(text, 0, end)
+    def pretokenize(self, text: str, end: int | None = None) -> list[str]:
+        """The pieces ``text[:end]`` is cut into before any merge: no merge crosses their borders."""
+        return self._splitter.findall(text, 0, len(text) if end is None else end)
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of ``text`` with no special-token handling at all."""
+        """Token ids of ``text`` with no special-token handling at all: each piece merged on its own."""
         ids = []
-        for piece in self._splitter.findall(_valid_unicode(text)):
+        for piece in self.pretokenize(_valid_unicode(text)):
             ids.extend(self._encode_piece(piece))
         return ids
 
