@@ -63,7 +63,6 @@ def save_checkpoint(path, model, optimizer=None, metadata: dict | None = None) -
     ``weights_only=True``. The file appears under ``path`` only once complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = dict(metadata or {})
     if path.suffix == ".safetensors":
         if optimizer is not None:

@@ -174,7 +174,6 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float = DOWNLOAD_TIM
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     request = urllib.request.Request(url, headers={"User-Agent": "llm_lib"})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)

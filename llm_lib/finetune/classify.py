@@ -191,10 +191,15 @@ def freeze_for_classification(model: nn.Module, trainable: str | int = "last_blo
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _embedding_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules before the first block: GPT's token and position tables, or Llama's token table alone."""
-    return [m for m in (model.tok_emb, getattr(model, "pos_emb", None), getattr(model, "drop_emb", None))
-            if m is not None]
+def _modules_below(model: nn.Module, start_block: int) -> list[nn.Module]:
+    """What runs before ``trf_blocks[start_block]``: the embeddings (GPT's token and position tables and
+    their dropout, or Llama's token table alone) and the blocks below it."""
+    embeddings = [getattr(model, name, None) for name in ("tok_emb", "pos_emb", "drop_emb")]
+    return [m for m in embeddings if m is not None] + list(model.trf_blocks)[:start_block]
+
+
+def _has_trainable(modules: list[nn.Module]) -> bool:
+    return any(p.requires_grad for m in modules for p in m.parameters())
 
 
 def _block_input(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -261,8 +266,8 @@ def cache_hidden_states(model: nn.Module, dataset: SpamDataset, start_block: int
     """
     from tqdm import tqdm
 
-    below = [*_embedding_modules(model), *list(model.trf_blocks)[:start_block]]
-    if any(p.requires_grad for module in below for p in module.parameters()):
+    below = _modules_below(model, start_block)
+    if _has_trainable(below):
         raise ValueError(f"the embeddings and blocks below start_block={start_block} must be frozen "
                          f"(freeze_for_classification) before their outputs are cached")
     rates = [rate for part in below for m in part.modules()
@@ -324,8 +329,7 @@ def train_classifier(model: nn.Module, train_loader, val_loader, optimizer, *, n
     """
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be at least 1, got {num_epochs}")
-    below = [*_embedding_modules(model), *list(model.trf_blocks)[:start_block]]
-    if start_block > 0 and any(p.requires_grad for m in below for p in m.parameters()):
+    if start_block > 0 and _has_trainable(_modules_below(model, start_block)):
         raise ValueError(f"with start_block={start_block} the blocks below it are not run, so they cannot be "
                          f"trained; freeze them or train on token ids with start_block=0")
     history = TrainingHistory(unit="examples")

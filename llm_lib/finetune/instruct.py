@@ -309,7 +309,6 @@ def generate_responses(model, tokenizer, entries: Sequence[Mapping[str, str]], m
 def save_responses(entries: Sequence[Mapping], path) -> Path:
     """Write ``entries`` (with their ``model_response``) to ``path`` as indented UTF-8 JSON; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(list(entries), indent=2, ensure_ascii=False) + "\n"
     # atomic, as checkpoints are: a reader never sees half a file
     write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
