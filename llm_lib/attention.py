@@ -53,14 +53,15 @@ def example_inputs() -> tuple[list[str], torch.Tensor]:
 
 
 def simple_attention(x: torch.Tensor, return_weights: bool = False):
-    """Context vectors softmax(x xᵀ) x for inputs ``(tokens, dim)`` or ``(batch, tokens, dim)``.
+    """Context vectors softmax(x x^T) x (chapter 14), for inputs
+    (tokens, dim) or (batch, tokens, dim).
 
     Every token is a query, a key and a value at once; nothing is learned.
-    With ``return_weights=True`` also returns the ``(…, tokens, tokens)`` weights.
+    With ``return_weights=True`` also returns the (tokens, tokens) weights.
     """
-    scores = x @ x.transpose(-2, -1)
-    weights = torch.softmax(scores, dim=-1)
-    context = weights @ x
+    scores = x @ x.transpose(-2, -1)           # every pair of tokens
+    weights = torch.softmax(scores, dim=-1)    # each row sums to 1
+    context = weights @ x                      # weighted sums of the inputs
     return (context, weights) if return_weights else context
 
 
@@ -80,24 +81,30 @@ def _check_length(num_tokens: int, context_length: int, cached: int = 0) -> None
 
 
 class SelfAttentionV1(nn.Module):
-    """Scaled dot-product self-attention with raw weight matrices: ``(tokens, d_in) -> (tokens, d_out)``."""
+    """Scaled dot-product self-attention with raw weight matrices
+    (chapter 15): (tokens, d_in) -> (tokens, d_out)."""
 
     def __init__(self, d_in: int, d_out: int):
         super().__init__()
-        # torch.rand keeps the hand-worked numbers in chapter 15 small and positive.
+        # torch.rand keeps the hand-worked numbers of chapter 15 small and
+        # positive.
         self.W_query = nn.Parameter(torch.rand(d_in, d_out))
         self.W_key = nn.Parameter(torch.rand(d_in, d_out))
         self.W_value = nn.Parameter(torch.rand(d_in, d_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        queries, keys, values = x @ self.W_query, x @ self.W_key, x @ self.W_value
+        queries = x @ self.W_query
+        keys = x @ self.W_key
+        values = x @ self.W_value
         scores = queries @ keys.transpose(-2, -1)
-        weights = torch.softmax(scores / math.sqrt(keys.shape[-1]), dim=-1)
+        d_k = keys.shape[-1]
+        weights = torch.softmax(scores / math.sqrt(d_k), dim=-1)
         return weights @ values
 
 
 class SelfAttentionV2(nn.Module):
-    """The same computation as ``SelfAttentionV1`` with ``nn.Linear`` projections (better initialisation)."""
+    """``SelfAttentionV1``'s computation with ``nn.Linear`` projections,
+    which initialise better (chapter 15)."""
 
     def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False):
         super().__init__()
@@ -106,14 +113,18 @@ class SelfAttentionV2(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
+        queries = self.W_query(x)
+        keys = self.W_key(x)
+        values = self.W_value(x)
         scores = queries @ keys.transpose(-2, -1)
-        weights = torch.softmax(scores / math.sqrt(keys.shape[-1]), dim=-1)
+        d_k = keys.shape[-1]
+        weights = torch.softmax(scores / math.sqrt(d_k), dim=-1)
         return weights @ values
 
     @torch.no_grad()
     def load_from_v1(self, v1: SelfAttentionV1) -> SelfAttentionV2:
-        """Copy a ``SelfAttentionV1``'s matrices (``nn.Linear`` stores the transpose)."""
+        """Copy a ``SelfAttentionV1``'s matrices (``nn.Linear`` stores
+        their transposes)."""
         self.W_query.weight.copy_(v1.W_query.T)
         self.W_key.weight.copy_(v1.W_key.T)
         self.W_value.weight.copy_(v1.W_value.T)
@@ -121,10 +132,11 @@ class SelfAttentionV2(nn.Module):
 
 
 class CausalAttention(nn.Module):
-    """Single-head causal self-attention with dropout: ``(batch, tokens, d_in) -> (batch, tokens, d_out)``."""
+    """Single-head causal self-attention with dropout (chapter 16):
+    (batch, tokens, d_in) -> (batch, tokens, d_out)."""
 
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
-                 qkv_bias: bool = False):
+    def __init__(self, d_in: int, d_out: int, context_length: int,
+                 dropout: float, qkv_bias: bool = False):
         super().__init__()
         self.d_out = d_out
         self.context_length = context_length
@@ -132,16 +144,20 @@ class CausalAttention(nn.Module):
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.dropout = nn.Dropout(dropout)
-        # A buffer moves with .to(device) but is not a trainable parameter.
-        self.register_buffer("mask", causal_mask(context_length), persistent=False)
+        # A buffer moves with .to(device) but is not a trained parameter.
+        self.register_buffer("mask", causal_mask(context_length),
+                             persistent=False)
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Causal attention weights ``(batch, tokens, tokens)`` before dropout."""
+        """Causal attention weights (batch, tokens, tokens), before
+        dropout."""
         num_tokens = x.shape[-2]
         _check_length(num_tokens, self.context_length)
         queries, keys = self.W_query(x), self.W_key(x)
         scores = queries @ keys.transpose(-2, -1)
-        scores = scores.masked_fill(self.mask[:num_tokens, :num_tokens], -torch.inf)
+        # The mask is built for the longest input; cut it to this one.
+        future = self.mask[:num_tokens, :num_tokens]
+        scores = scores.masked_fill(future, -torch.inf)
         return torch.softmax(scores / math.sqrt(self.d_out), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,14 +166,14 @@ class CausalAttention(nn.Module):
 
 
 class MultiHeadAttentionWrapper(nn.Module):
-    """``num_heads`` independent ``CausalAttention`` heads, outputs concatenated: ``d_out`` per head.
+    """``num_heads`` independent ``CausalAttention`` heads, their outputs
+    concatenated (chapter 17): ``num_heads * d_out`` features per token."""
 
-    The result has ``num_heads * d_out`` features per token.
-    """
-
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
-                 num_heads: int, qkv_bias: bool = False):
+    def __init__(self, d_in: int, d_out: int, context_length: int,
+                 dropout: float, num_heads: int, qkv_bias: bool = False):
         super().__init__()
+        # nn.ModuleList registers each head, so its weights are trained
+        # and moved with the wrapper.
         self.heads = nn.ModuleList(
             CausalAttention(d_in, d_out, context_length, dropout, qkv_bias)
             for _ in range(num_heads)
@@ -229,6 +245,21 @@ class LayerKVCache:
     def reset(self) -> None:
         """Forget the stored tokens (the buffers are kept and overwritten)."""
         self.length = 0
+
+    def repeat(self, copies: int) -> LayerKVCache:
+        """A new cache holding ``copies`` copies of each row: batch ``b`` becomes ``b * copies``.
+
+        Row ``i`` of the new cache is row ``i // copies`` of this one, so a
+        prompt cached once can be continued in several ways in one batch.
+        """
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, got {copies}")
+        out = LayerKVCache(self.max_tokens)
+        if self.keys is not None:
+            out.keys = self.keys.repeat_interleave(copies, dim=0)
+            out.values = self.values.repeat_interleave(copies, dim=0)
+            out.length = self.length
+        return out
 
 
 class MultiHeadAttention(nn.Module):

@@ -16,7 +16,8 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 class GPTDataset(Dataset):
-    """Sliding windows over a tokenised text: item i is (input ids, the ids shifted by one), each ``(max_length,)``.
+    """Sliding windows over a tokenised text (chapter 9): item i is
+    (input ids, the same ids shifted by one), each of max_length tokens.
 
     Windows start every ``stride`` tokens; ``stride == max_length`` gives
     non-overlapping windows, a smaller stride overlaps them.
@@ -24,18 +25,22 @@ class GPTDataset(Dataset):
 
     def __init__(self, text: str, tokenizer, max_length: int, stride: int):
         if max_length < 1 or stride < 1:
-            raise ValueError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
+            raise ValueError(f"max_length and stride must be >= 1, "
+                             f"got {max_length} and {stride}")
         token_ids = torch.tensor(_encode(tokenizer, text), dtype=torch.long)
         if len(token_ids) < max_length + 1:
             raise ValueError(
-                f"the text has {len(token_ids)} tokens, too few for one window of "
-                f"max_length={max_length}: a window needs max_length + 1 = {max_length + 1} "
-                f"tokens (the inputs plus one more target); use a longer text or a smaller max_length"
+                f"the text has {len(token_ids)} tokens, too few for one "
+                f"window of max_length={max_length}: a window needs "
+                f"max_length + 1 = {max_length + 1} tokens (the inputs "
+                f"plus one more target); use a longer text or a smaller "
+                f"max_length"
             )
         self.token_ids = token_ids
         self.max_length = max_length
         self.stride = stride
-        # Every start that leaves room for max_length inputs and their shifted targets.
+        # Every start that leaves room for max_length inputs and the
+        # targets, which reach one token further.
         self.starts = range(0, len(token_ids) - max_length, stride)
 
     def __len__(self) -> int:

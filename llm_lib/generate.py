@@ -77,15 +77,14 @@ class _NextLogits:
 
 @torch.no_grad()
 def generate_text_simple(model, idx: torch.Tensor, max_new_tokens: int,
-                         context_size: int, use_cache: bool = False) -> torch.Tensor:
-    """Greedy decoding: append the most likely next token ``max_new_tokens`` times; ``(b, T) -> (b, T+n)``.
-
-    ``use_cache=True`` keeps earlier tokens' keys and values (same tokens, faster).
-    """
+                         context_size: int) -> torch.Tensor:
+    """Greedy decoding (chapter 25): append the likeliest next token
+    max_new_tokens times; (batch, T) -> (batch, T + max_new_tokens)."""
     with eval_mode(model):
-        next_logits = _NextLogits(model, context_size, use_cache)
         for _ in range(max_new_tokens):
-            next_id = next_logits(idx).argmax(dim=-1, keepdim=True)
+            # Only the last context_size tokens fit the model.
+            logits = model(idx[:, -context_size:])[:, -1, :]
+            next_id = logits.argmax(dim=-1, keepdim=True)  # (batch, 1)
             idx = torch.cat([idx, next_id], dim=1)
     return idx
 

@@ -10,60 +10,83 @@ from torch import nn
 
 from .attention import LayerKVCache, MultiHeadAttention
 
-__all__ = ["LayerNorm", "GELU", "FeedForward", "TransformerBlock"]
+__all__ = ["LayerNorm", "GELU", "FeedForward", "FusedLayerNorm", "FusedGELU", "layer_norm", "feed_forward",
+           "TransformerBlock"]
 
 
 class LayerNorm(nn.Module):
-    """Normalise each token's features to mean 0 and variance 1, then scale and shift: shape kept.
+    """Normalise each token's features to mean 0 and variance 1, then
+    scale and shift them; the shape is kept (chapter 20)."""
 
-    ``fused=True`` computes the same function with ``F.layer_norm``, one kernel instead of
-    the six operations below (chapter 36).
-    """
-
-    def __init__(self, emb_dim: int, eps: float = 1e-5, fused: bool = False):
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps  # keeps the division finite when a token's features are all equal
+        self.eps = eps  # keeps the division finite for constant rows
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
-        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
         mean = x.mean(dim=-1, keepdim=True)
         # Biased variance (divide by n), as torch.nn.LayerNorm and GPT-2 use.
         var = x.var(dim=-1, keepdim=True, unbiased=False)
-        return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
+        norm_x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.scale * norm_x + self.shift
 
 
 class GELU(nn.Module):
-    """GELU activation in GPT-2's tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-
-    ``fused=True`` computes it with ``F.gelu(x, approximate="tanh")``, one kernel (chapter 36).
-    """
-
-    def __init__(self, fused: bool = False):
-        super().__init__()
-        self.fused = fused
+    """GELU in GPT-2's tanh approximation (chapter 21):
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return F.gelu(x, approximate="tanh")
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))
+        return 0.5 * x * (1.0 + torch.tanh(inner))
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP ``emb_dim -> hidden_dim -> emb_dim`` with GELU; hidden_dim defaults to 4·emb_dim."""
+    """Position-wise MLP emb_dim -> hidden_dim -> emb_dim with GELU between;
+    hidden_dim defaults to 4 * emb_dim (chapter 21)."""
 
-    def __init__(self, emb_dim: int, hidden_dim: int | None = None, fused: bool = False):
+    def __init__(self, emb_dim: int, hidden_dim: int | None = None,
+                 activation: nn.Module | None = None):
         super().__init__()
         hidden_dim = hidden_dim or 4 * emb_dim
         self.layers = nn.Sequential(
-            nn.Linear(emb_dim, hidden_dim), GELU(fused), nn.Linear(hidden_dim, emb_dim)
+            nn.Linear(emb_dim, hidden_dim),
+            activation if activation is not None else GELU(),
+            nn.Linear(hidden_dim, emb_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+# The fast path (chapter 36): the same functions, each one PyTorch kernel
+# instead of the several operations above. Same parameters, so the weights
+# of one load into the other.
+
+
+class FusedLayerNorm(LayerNorm):
+    """``LayerNorm`` computed by ``F.layer_norm``, one kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift,
+                            self.eps)
+
+
+class FusedGELU(GELU):
+    """``GELU`` computed by ``F.gelu(x, approximate="tanh")``, one kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+def layer_norm(emb_dim: int, fused: bool = False) -> LayerNorm:
+    """A ``LayerNorm``, or with ``fused=True`` its one-kernel twin."""
+    return FusedLayerNorm(emb_dim) if fused else LayerNorm(emb_dim)
+
+
+def feed_forward(emb_dim: int, fused: bool = False) -> FeedForward:
+    """A ``FeedForward`` whose GELU is fused with ``fused=True``."""
+    return FeedForward(emb_dim, activation=FusedGELU() if fused else GELU())
 
 
 class TransformerBlock(nn.Module):
@@ -81,9 +104,9 @@ class TransformerBlock(nn.Module):
             fused=getattr(cfg, "fused_attention", False),
         )
         fused = getattr(cfg, "fused_layers", False)
-        self.ff = FeedForward(cfg.emb_dim, fused=fused)
-        self.norm1 = LayerNorm(cfg.emb_dim, fused=fused)
-        self.norm2 = LayerNorm(cfg.emb_dim, fused=fused)
+        self.ff = feed_forward(cfg.emb_dim, fused)
+        self.norm1 = layer_norm(cfg.emb_dim, fused)
+        self.norm2 = layer_norm(cfg.emb_dim, fused)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor,

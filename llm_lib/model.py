@@ -20,7 +20,7 @@ from torch import nn
 
 from .attention import LayerKVCache
 from .config import GPT2_SIZES, GPTConfig
-from .layers import LayerNorm, TransformerBlock
+from .layers import LayerNorm, TransformerBlock, layer_norm
 
 __all__ = [
     "GPTConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "check_token_ids",
     "count_parameters",
     "eval_mode",
+    "autocast_context",
     "logits_at",
     "select_positions",
     "init_gpt2_weights",
@@ -45,6 +46,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
+
+
+def autocast_context(device="cpu", dtype: torch.dtype | None = None):
+    """``torch.autocast`` for ``device`` in ``dtype``, or a context that changes nothing when ``dtype`` is None."""
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {dtype}")
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def select_positions(hidden: torch.Tensor, positions=None) -> torch.Tensor:
@@ -126,6 +139,12 @@ class KVCache:
         for layer in self.layers:
             layer.reset()
 
+    def repeat(self, copies: int) -> KVCache:
+        """A new cache with ``copies`` copies of each cached row (see ``LayerKVCache.repeat``)."""
+        out = KVCache(0, self.max_tokens)
+        out.layers = [layer.repeat(copies) for layer in self.layers]
+        return out
+
     @classmethod
     def for_model(cls, cfg, max_tokens: int | None = None) -> KVCache:
         """An empty cache for a model of configuration ``cfg``, room for ``max_tokens`` (default: its context)."""
@@ -203,7 +222,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = LayerNorm(cfg.emb_dim, fused=cfg.fused_layers)
+        self.final_norm = layer_norm(cfg.emb_dim, cfg.fused_layers)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight

@@ -33,7 +33,8 @@ def show_source(*objects) -> SourceListing:
     parts = []
     for obj in objects:
         try:
-            parts.append(textwrap.dedent(inspect.getsource(obj)))
+            # inspect.unwrap: a decorated function (torch.no_grad) shows its own code
+            parts.append(textwrap.dedent(inspect.getsource(inspect.unwrap(obj))))
         except (TypeError, OSError) as exc:
             raise TypeError(f"cannot show the source of {obj!r}: {exc}") from None
     return SourceListing("\n\n".join(part.rstrip("\n") for part in parts) + "\n")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .distributed import _is_ddp, _mean_over_ranks, _rank_and_world, unwrap_model
 from .generate import generate_text_simple, text_to_token_ids, token_ids_to_text
 from .history import TrainingHistory, progress_bar
-from .model import eval_mode
+from .model import AUTOCAST_DTYPES, autocast_context, eval_mode
 
 __all__ = [
     "calc_loss_batch",
@@ -146,8 +146,6 @@ def train_model_simple(model, train_loader, val_loader, optimizer, *,
 # The fast training path (chapter 36), on one process or several (chapter 37)
 # ----------------------------------------------------------------------------------
 
-_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -167,7 +165,7 @@ class TrainOptions:
     grad_accum_steps: int = 1
 
     def __post_init__(self):
-        if self.autocast_dtype is not None and self.autocast_dtype not in _AUTOCAST_DTYPES:
+        if self.autocast_dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, "
                              f"got {self.autocast_dtype}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -183,13 +181,6 @@ def default_autocast_dtype(device="cpu") -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast_context(device="cpu", dtype: torch.dtype | None = None):
-    """``torch.autocast`` for ``device`` in ``dtype``, or a context that changes nothing when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def make_optimizer(model, lr: float = 4e-4, weight_decay: float = 0.1, fused: bool = False,

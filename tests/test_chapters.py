@@ -184,3 +184,45 @@ def test_visible_code_fits_the_page_or_is_counted(chapter):
     assert len(wide) <= allowed, f"code lines wider than 80 columns: {wide[:3]}"
     assert len(wide) == allowed, (f"chapter {ch.number} now has {len(wide)} wide lines: lower its count "
                                   f"in WIDE_CODE_LINES_LEFT (or remove it at 0)")
+
+
+# ---------------------------------------------------------------- the code the book builds (issue 16)
+
+# Each piece a chapter of Parts II-IV builds, shown in that chapter by show_source: the
+# library's own code, so book and package cannot drift apart. More join as their classes
+# are restructured (the attention, block and model classes still carry chapter 36's switches).
+PIECES_SHOWN = {
+    7: ["tokenizer.SimpleTokenizerV1", "tokenizer.SimpleTokenizerV2"],
+    9: ["data.GPTDataset"],
+    14: ["attention.simple_attention"],
+    15: ["attention.SelfAttentionV1", "attention.SelfAttentionV2"],
+    16: ["attention.CausalAttention"],
+    17: ["attention.MultiHeadAttentionWrapper.__init__ attention.MultiHeadAttentionWrapper.forward"],
+    20: ["layers.LayerNorm"],
+    21: ["layers.GELU", "layers.FeedForward"],
+    25: ["generate.generate_text_simple"],
+    36: ["layers.FusedLayerNorm layers.FusedGELU"],
+}
+
+
+def _library_object(dotted: str):
+    import importlib
+
+    module, *attrs = dotted.split(".")
+    obj = importlib.import_module(f"llm_lib.{module}")
+    for attr in attrs:
+        obj = getattr(obj, attr)
+    return obj
+
+
+@pytest.mark.parametrize("number", sorted(PIECES_SHOWN))
+def test_the_pieces_a_chapter_builds_are_shown_as_the_library_has_them(number):
+    from llm_lib.source import show_source
+
+    ch = next(c for c in CHAPTERS if c.number == number)
+    nb = nbformat.read(ch.path, as_version=4)
+    shown = ["".join(o.get("data", {}).get("text/plain", "")).rstrip("\n") for c in nb.cells
+             if c.cell_type == "code" and c.source.startswith("show_source(") for o in c.outputs]
+    for listing in PIECES_SHOWN[number]:
+        current = repr(show_source(*[_library_object(name) for name in listing.split()])).rstrip("\n")
+        assert current in shown, f"chapter {number} does not show {listing} as llm_lib has it now"

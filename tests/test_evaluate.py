@@ -13,6 +13,7 @@ from torch import nn
 
 from llm_lib.evaluate import (
     LETTERS,
+    ClozeResult,
     JudgeClient,
     JudgeError,
     JudgeResponseError,
@@ -21,6 +22,7 @@ from llm_lib.evaluate import (
     MCResult,
     RatingSession,
     accuracy_by_subject,
+    cloze_prompt,
     comparison_table_html,
     format_prompt,
     judge_prompt,
@@ -31,9 +33,11 @@ from llm_lib.evaluate import (
     parse_score,
     rating_widget,
     read_mmlu_csv,
+    score_cloze,
     score_multiple_choice,
     subsample,
 )
+from llm_lib.llama import LlamaConfig, LlamaModel
 from llm_lib.model import GPTConfig, GPTModel, select_positions
 from llm_lib.tokenizer import get_gpt2_encoding
 
@@ -204,6 +208,90 @@ def test_tiny_gpt_smoke():
     with torch.no_grad():
         full = model(ids)[torch.arange(3), lengths - 1]
         assert torch.allclose(padded_last_logits(model, ids, lengths), full, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------
+# Cloze scoring: the choices' texts as continuations of one cached prompt
+# ----------------------------------------------------------------------------------
+
+TINY_GPT = GPTConfig(vocab_size=VOCAB, context_length=96, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+TINY_LLAMA = LlamaConfig(vocab_size=VOCAB, context_length=96, emb_dim=48, n_heads=6, n_kv_heads=2, n_layers=2,
+                         hidden_dim=64)
+
+
+def cloze_by_hand(model, q):
+    """Each choice's log-probability from one plain forward pass over prompt + choice, no cache, no batch."""
+    prompt = TOKENIZER.encode(cloze_prompt(q))
+    totals = []
+    for choice in q.choices:
+        cont = TOKENIZER.encode(" " + choice.strip())
+        ids = torch.tensor([prompt + cont])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0], dim=-1)
+        totals.append(sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(cont)))
+    return totals
+
+
+@pytest.mark.parametrize("make", [lambda: GPTModel(TINY_GPT), lambda: LlamaModel(TINY_LLAMA)],
+                         ids=["gpt2", "llama"])
+def test_cloze_from_a_cached_prompt_equals_one_pass_per_choice(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    questions = [MCQuestion("Which planet is largest?", ("Jupiter", "the planet Saturn, with rings", "Mars", "x"),
+                            "A", "astronomy"), question()]
+    results = score_cloze(model, TOKENIZER, questions, normalize="none")
+    for q, r in zip(questions, results, strict=True):
+        assert r.logprobs == pytest.approx(cloze_by_hand(model, q), abs=1e-4)
+        assert r.num_tokens == tuple(len(TOKENIZER.encode(" " + c)) for c in q.choices)
+        assert r.num_chars == tuple(len(c) + 1 for c in q.choices) and r.truncated == 0
+        assert r.predicted == LETTERS[max(range(4), key=lambda i: r.logprobs[i])]
+
+
+def test_cloze_normalizations_and_rescoring():
+    import dataclasses
+
+    r = ClozeResult("s", "B", logprobs=(-4.0, -9.0, -8.0, -25.0), num_tokens=(1, 6, 2, 10),
+                    num_chars=(4, 30, 8, 100), normalize="none")
+    assert r.predicted == "A"                                                  # shortest wins the sum
+    assert dataclasses.replace(r, normalize="tokens").predicted == "B"         # -1.5 per token
+    assert dataclasses.replace(r, normalize="chars").predicted == "D"          # -0.25 per character
+    assert dataclasses.replace(r, normalize="chars").correct is False and r.correct is False
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        dataclasses.replace(r, normalize="bytes")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        score_cloze(GPTModel(TINY_GPT), TOKENIZER, [question()], normalize="mean")
+
+
+def test_cloze_prompt_cut_on_the_left_to_fit_the_context():
+    torch.manual_seed(0)
+    model = GPTModel(TINY_GPT).eval()
+    q = question("word " * 200)
+    n = len(TOKENIZER.encode(cloze_prompt(q)))
+    longest = max(len(TOKENIZER.encode(" " + c)) for c in q.choices)
+    (r,) = score_cloze(model, TOKENIZER, [q])
+    assert r.truncated == n + longest - 1 - TINY_GPT.context_length
+    long_choice = MCQuestion("?", ("a " * 120, "b", "c", "d"), "A")
+    with pytest.raises(ValueError, match="leaves no room for the prompt"):
+        score_cloze(model, TOKENIZER, [long_choice])
+    with pytest.raises(TypeError, match="needs new_kv_cache"):
+        score_cloze(FixedLetterModel([0.0] * 4), TOKENIZER, [q], context_length=64)
+
+
+def test_a_repeated_kv_cache_continues_each_copy_like_the_original():
+    torch.manual_seed(0)
+    model = GPTModel(TINY_GPT).eval()
+    prompt = torch.randint(0, VOCAB, (2, 7))
+    more = torch.randint(0, VOCAB, (6, 3))      # rows 0-2 continue prompt 0, rows 3-5 prompt 1
+    with torch.no_grad():
+        cache = model.new_kv_cache(10)
+        model(prompt, kv_cache=cache)
+        batched = model(more, kv_cache=cache.repeat(3))
+        for row in range(6):
+            alone = model(torch.cat([prompt[row // 3], more[row]])[None])[0, -3:]
+            assert torch.allclose(batched[row], alone, atol=1e-5)
+    assert cache.length == 7    # the original is untouched
+    with pytest.raises(ValueError, match="copies must be at least 1"):
+        cache.repeat(0)
 
 
 def test_accuracy_needs_results():

@@ -3,7 +3,16 @@
 import torch
 import torch.nn.functional as F
 
-from llm_lib.layers import GELU, FeedForward, LayerNorm, TransformerBlock
+from llm_lib.layers import (
+    GELU,
+    FeedForward,
+    FusedGELU,
+    FusedLayerNorm,
+    LayerNorm,
+    TransformerBlock,
+    feed_forward,
+    layer_norm,
+)
 from llm_lib.model import GPTConfig
 
 
@@ -22,7 +31,7 @@ def test_layernorm_matches_torch():
 def test_fused_layernorm_and_gelu_compute_the_teaching_functions():
     torch.manual_seed(0)
     x = (torch.randn(3, 5, 16) * 4 + 2).requires_grad_()
-    plain, fused = LayerNorm(16), LayerNorm(16, fused=True)
+    plain, fused = LayerNorm(16), FusedLayerNorm(16)
     with torch.no_grad():
         plain.scale.uniform_(0.5, 1.5)
         plain.shift.uniform_(-1, 1)
@@ -33,8 +42,9 @@ def test_fused_layernorm_and_gelu_compute_the_teaching_functions():
     torch.testing.assert_close(fused.scale.grad, plain.scale.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fused.shift.grad, plain.shift.grad, atol=1e-4, rtol=1e-4)
     z = torch.linspace(-8, 8, 1001)
-    torch.testing.assert_close(GELU(fused=True)(z), GELU()(z))
-    assert FeedForward(8, fused=True).layers[1].fused
+    torch.testing.assert_close(FusedGELU()(z), GELU()(z))
+    assert isinstance(feed_forward(8, fused=True).layers[1], FusedGELU)
+    assert type(feed_forward(8).layers[1]) is GELU and type(layer_norm(8)) is LayerNorm
 
 
 def test_layernorm_eps_keeps_constant_rows_finite():

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from llm_lib.layers import FusedGELU, FusedLayerNorm
 from llm_lib.model import GPT2_SIZES, GPTConfig, GPTModel, count_parameters
 from llm_lib.weights import export_gpt2_state_dict, load_gpt2_weights
 
@@ -207,7 +208,8 @@ def test_fused_attention_model_equals_teaching_path_forward_and_backward():
 def test_fused_layers_model_equals_teaching_path_forward_and_backward():
     torch.manual_seed(2)
     fused = _assert_switch_keeps_the_function(1e-5, fused_layers=True)
-    assert fused.final_norm.fused and all(b.norm1.fused and b.ff.layers[1].fused for b in fused.trf_blocks)
+    assert isinstance(fused.final_norm, FusedLayerNorm)
+    assert all(isinstance(b.norm1, FusedLayerNorm) and isinstance(b.ff.layers[1], FusedGELU) for b in fused.trf_blocks)
 
 
 def test_tied_model_is_the_untied_model_with_a_copied_head():

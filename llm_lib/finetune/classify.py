@@ -16,7 +16,6 @@ emb_dim)``; ``lengths`` counts each message's real tokens.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..history import TrainingHistory, progress_bar
-from ..model import eval_mode, select_positions
+from ..model import autocast_context, eval_mode, select_positions
 
 __all__ = [
     "CLASS_NAMES",
@@ -276,10 +275,7 @@ def cache_hidden_states(model: nn.Module, dataset: SpamDataset, start_block: int
     if dropout:
         raise ValueError(f"the frozen blocks use dropout (p={dropout[0]}), so their outputs change from step "
                          f"to step and a cache would not match training; build the model with drop_rate=0")
-    if autocast_dtype not in (None, torch.bfloat16, torch.float16):
-        raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}")
-    amp = (contextlib.nullcontext() if autocast_dtype is None
-           else torch.autocast(torch.device(device).type, dtype=autocast_dtype))
+    amp = autocast_context(device, autocast_dtype)
     order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
     states: list[torch.Tensor | None] = [None] * len(dataset)
     with eval_mode(model), amp:

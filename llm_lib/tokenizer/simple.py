@@ -56,13 +56,15 @@ def build_vocab(tokens: Iterable[str], special_tokens: Iterable[str] = ()) -> di
 
 
 class SimpleTokenizerV1:
-    """Word-level tokenizer over a fixed vocabulary; a word outside it is an error."""
+    """Word-level tokenizer over a fixed vocabulary (chapter 7); a word
+    outside the vocabulary is an error."""
 
     def __init__(self, vocab: Mapping[str, int]):
         self.str_to_int = dict(vocab)
         self.int_to_str = {i: s for s, i in self.str_to_int.items()}
         if len(self.int_to_str) != len(self.str_to_int):
-            raise ValueError("vocab gives the same id to two tokens; ids must be unique")
+            raise ValueError("vocab gives the same id to two tokens; "
+                             "ids must be unique")
 
     @property
     def vocab_size(self) -> int:
@@ -74,7 +76,7 @@ class SimpleTokenizerV1:
         return [self._token_id(token) for token in split_text(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``: tokens joined by single spaces, with no space before punctuation.
+        """Tokens joined by single spaces, none before punctuation.
 
         Whitespace is not stored, so this is ``text`` only up to spacing:
         ``decode(encode("Hi,  you"))`` gives ``"Hi, you"``.
@@ -82,10 +84,10 @@ class SimpleTokenizerV1:
         tokens = []
         for i in ids:
             if i not in self.int_to_str:
-                raise ValueError(
-                    f"token id {i!r} is not in this vocabulary of {self.vocab_size} tokens"
-                )
+                raise ValueError(f"token id {i!r} is not in this vocabulary "
+                                 f"of {self.vocab_size} tokens")
             tokens.append(self.int_to_str[i])
+        # "Hello , world ." -> "Hello, world."
         return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(tokens))
 
     def _token_id(self, token: str) -> int:
@@ -93,20 +95,25 @@ class SimpleTokenizerV1:
             return self.str_to_int[token]
         except KeyError:
             raise UnknownTokenError(
-                f"{token!r} is not in the vocabulary ({self.vocab_size} tokens); add it to the "
-                f"vocabulary, or use SimpleTokenizerV2, which maps unknown words to {UNKNOWN_TOKEN}"
+                f"{token!r} is not in the vocabulary ({self.vocab_size} "
+                f"tokens); add it to the vocabulary, or use "
+                f"SimpleTokenizerV2, which maps unknown words to "
+                f"{UNKNOWN_TOKEN}"
             ) from None
 
 
 class SimpleTokenizerV2(SimpleTokenizerV1):
-    """Word-level tokenizer: unknown words become ``<|unk|>``, ``<|endoftext|>`` stays whole."""
+    """Word-level tokenizer (chapter 7): unknown words become ``<|unk|>``,
+    and ``<|endoftext|>`` stays one token."""
 
     def __init__(self, vocab: Mapping[str, int]):
-        missing = [token for token in (UNKNOWN_TOKEN, ENDOFTEXT) if token not in vocab]
+        needed = (UNKNOWN_TOKEN, ENDOFTEXT)
+        missing = [token for token in needed if token not in vocab]
         if missing:
             raise ValueError(
-                f"SimpleTokenizerV2 needs {missing} in its vocabulary; build it with "
-                f"build_vocab(tokens, special_tokens=[{ENDOFTEXT!r}, {UNKNOWN_TOKEN!r}])"
+                f"SimpleTokenizerV2 needs {missing} in its vocabulary; "
+                f"build it with build_vocab(tokens, special_tokens="
+                f"[{ENDOFTEXT!r}, {UNKNOWN_TOKEN!r}])"
             )
         super().__init__(vocab)
         self.unk_id = self.str_to_int[UNKNOWN_TOKEN]
