@@ -193,6 +193,7 @@ def test_visible_code_fits_the_page_or_is_counted(chapter):
 # are restructured (the attention, block and model classes still carry chapter 36's switches).
 PIECES_SHOWN = {
     7: ["tokenizer.SimpleTokenizerV1", "tokenizer.SimpleTokenizerV2"],
+    8: ["tokenizer.get_pair_counts tokenizer.merge_pair", "tokenizer.reference_merges"],
     9: ["data.GPTDataset"],
     14: ["attention.simple_attention"],
     15: ["attention.SelfAttentionV1", "attention.SelfAttentionV2"],
@@ -226,3 +227,19 @@ def test_the_pieces_a_chapter_builds_are_shown_as_the_library_has_them(number):
     for listing in PIECES_SHOWN[number]:
         current = repr(show_source(*[_library_object(name) for name in listing.split()])).rstrip("\n")
         assert current in shown, f"chapter {number} does not show {listing} as llm_lib has it now"
+
+
+@pytest.mark.parametrize("number", range(7, 26))
+def test_parts_ii_to_iv_have_an_exercise_the_reader_writes_and_a_check(number):
+    """Issue 16, item 2: the reader writes a piece, and a check cell tests it against llm_lib."""
+    ch = next(c for c in CHAPTERS if c.number == number)
+    nb = nbformat.read(ch.path, as_version=4)
+    tagged = [(set(c.metadata.get("tags", [])), c) for c in nb.cells if c.cell_type == "code"]
+    stubs = [c for tags, c in tagged if "exercise" in tags]
+    checks = [c for tags, c in tagged if "check" in tags]
+    assert stubs and checks, f"chapter {number} has no exercise the reader writes with a check cell"
+    assert all("return None" in c.source for c in stubs), "the stub the reader completes returns None"
+    saved = ["".join(o.get("text", "")) for c in checks for o in c.outputs]
+    assert any("complete it" in text for text in saved), "the check cell tells the reader what to do"
+    solutions = ["".join(o.get("text", "")) for tags, c in tagged if "solution" in tags for o in c.outputs]
+    assert any("match" in text for text in solutions), "the hidden solution passes the check"

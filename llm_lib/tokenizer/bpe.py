@@ -31,14 +31,15 @@ __all__ = [
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def get_pair_counts(
-    ids: list[int], counts: dict[tuple[int, int], int] | None = None, weight: int = 1
-) -> dict[tuple[int, int], int]:
-    """How often each adjacent pair occurs in ``ids``, each occurrence adding ``weight``.
+def get_pair_counts(ids: list[int],
+                    counts: dict[tuple[int, int], int] | None = None,
+                    weight: int = 1) -> dict[tuple[int, int], int]:
+    """How often each adjacent pair occurs in ``ids`` (chapter 8), each
+    occurrence adding ``weight``.
 
-    Pass ``counts`` to add to an existing tally (pairs keep first-seen order).
-
-    get_pair_counts([1, 2, 3, 1, 2]) -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    Pass ``counts`` to add to an existing tally (pairs keep first-seen
+    order). get_pair_counts([1, 2, 3, 1, 2]) -> {(1, 2): 2, (2, 3): 1,
+    (3, 1): 1}
     """
     counts = {} if counts is None else counts
     for pair in itertools.pairwise(ids):
@@ -46,8 +47,10 @@ def get_pair_counts(
     return counts
 
 
-def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """``ids`` with each occurrence of ``pair``, scanning left to right, replaced by ``new_id``.
+def merge_pair(ids: list[int], pair: tuple[int, int],
+               new_id: int) -> list[int]:
+    """``ids`` with each occurrence of ``pair``, scanning left to right,
+    replaced by ``new_id`` (chapter 8).
 
     merge_pair([1, 2, 3, 1, 2], (1, 2), 9) -> [9, 3, 9]
     merge_pair([5, 5, 5], (5, 5), 7) -> [7, 5]
@@ -55,7 +58,7 @@ def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     merged = []
     i = 0
     while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
             merged.append(new_id)
             i += 2
         else:

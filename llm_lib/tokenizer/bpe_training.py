@@ -112,12 +112,16 @@ class PairCounts:
                         where.setdefault(p, set()).add(i)
 
 
-def reference_merges(words: list[list[int]], weights: list[int], num_merges: int) -> list[tuple[int, int]]:
-    """The textbook loop, chapter 8's by hand: after every merge, count every pair again.
+def reference_merges(words: list[list[int]], weights: list[int],
+                     num_merges: int) -> list[tuple[int, int]]:
+    """The textbook loop, chapter 8's by hand: after every merge, count
+    every pair again.
 
-    Slow (each step costs the whole corpus), and kept as the reference that
-    ``BPETokenizer``'s incremental counts are tested and benchmarked against.
-    Returns the merged pairs in order; ids 256, 257, ... are the new tokens.
+    Slow (each step costs the whole corpus), and kept as the reference
+    that ``BPETokenizer``'s incremental counts are tested and benchmarked
+    against. ``words`` are the pre-split pieces as byte ids, ``weights``
+    how often each piece occurs. Returns the merged pairs in order; ids
+    256, 257, ... are the new tokens.
     """
     merged = []
     for k in range(num_merges):
@@ -126,8 +130,10 @@ def reference_merges(words: list[list[int]], weights: list[int], num_merges: int
             get_pair_counts(word, pair_counts, weight)
         if not pair_counts:
             break
-        best = max(pair_counts, key=pair_counts.__getitem__)  # first-seen pair wins ties
-        words = [merge_pair(word, best, 256 + k) if len(word) > 1 else word for word in words]
+        # the most frequent pair; the first seen wins a tie
+        best = max(pair_counts, key=pair_counts.__getitem__)
+        words = [merge_pair(word, best, 256 + k) if len(word) > 1 else word
+                 for word in words]
         merged.append(best)
     return merged
 
