@@ -20,8 +20,9 @@ import warnings
 import torch
 from common import TINY, environment, hf_config, median, print_environment, report, set_threads, time_calls
 
+from llm_lib.fast import FastGPTModel
 from llm_lib.generate import generate, store_weights_input_major
-from llm_lib.model import GPTConfig, GPTModel
+from llm_lib.model import GPTConfig
 from llm_lib.weights import export_gpt2_state_dict
 
 SMOLLM2_QUESTION = "Write a short story about a lighthouse keeper."
@@ -70,10 +71,10 @@ def gpt2_runs(args, device):
     if args.prompt_tokens + args.new_tokens > cfg.context_length:
         raise SystemExit(f"--prompt-tokens + --new-tokens must fit the context of {cfg.context_length}")
     torch.manual_seed(args.seed)
-    ours = GPTModel(cfg).to(device).eval()
-    ours_fused = GPTModel(cfg.replace(fused_attention=True, fused_layers=True)).to(device).eval()
+    ours = FastGPTModel(cfg).to(device).eval()
+    ours_fused = FastGPTModel(cfg.replace(fused_attention=True, fused_layers=True)).to(device).eval()
     ours_fused.load_state_dict(ours.state_dict())
-    ours_input_major = GPTModel(cfg.replace(fused_attention=True, fused_layers=True)).to(device).eval()
+    ours_input_major = FastGPTModel(cfg.replace(fused_attention=True, fused_layers=True)).to(device).eval()
     ours_input_major.load_state_dict(ours.state_dict())
     store_weights_input_major(ours_input_major)
     prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_tokens), device=device)

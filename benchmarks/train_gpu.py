@@ -7,7 +7,7 @@
     python benchmarks/train_gpu.py --device cpu --tiny      # smoke test of the script on a CPU (seconds)
 
 Rows (every one trains with bf16 autocast, fused AdamW and torch.compile, dropout 0):
-  llm_lib fast     GPTModel with fused attention, layer norm and GELU, tied head, vocabulary padded to
+  llm_lib fast     FastGPTModel with fused attention, layer norm and GELU, tied head, vocabulary padded to
                    50,304, GPT-2's init
   HF               transformers GPT2LMHeadModel, sdpa attention, tied head, vocab_size=50,304
   llm_lib teaching (only with --variants ... teaching) GPTConfig defaults, float32, no compile
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from common import TINY, LogitsOnly, environment, hf_config, print_environment, report, synchronize
 from profiling import profile_steps
 
+from llm_lib.fast import FastGPTModel
 from llm_lib.model import GPTConfig, GPTModel, init_gpt2_weights
 
 H100_SXM_BF16_TFLOPS = 989.0
@@ -67,7 +68,7 @@ def build(variant: str, cfg: GPTConfig, device, compile_model: bool, compile_mod
     torch.manual_seed(123)
     fused_adam = device.type == "cuda"  # fused AdamW also exists on the CPU; keep the smoke test simple
     if variant == "llm_lib fast":
-        model = init_gpt2_weights(GPTModel(cfg.replace(fused_attention=True, fused_layers=True,
+        model = init_gpt2_weights(FastGPTModel(cfg.replace(fused_attention=True, fused_layers=True,
                                                        tie_weights=True, vocab_pad_multiple=64)))
         dtype, do_compile = torch.bfloat16, compile_model
     elif variant == "HF":

@@ -39,6 +39,7 @@ from common import (
 )
 from profiling import profile_steps
 
+from llm_lib.fast import FastGPTModel
 from llm_lib.model import GPTConfig, GPTModel, init_gpt2_weights
 
 try:  # the training loop's own step, when llm_lib.train has it (chapter 36)
@@ -70,9 +71,9 @@ def build(variant: str, cfg: GPTConfig, device):
     if variant.startswith("teaching"):
         model, fused_adam, dtype = GPTModel(cfg), False, None
     elif variant.startswith("fast fp32"):
-        model, fused_adam, dtype = init_gpt2_weights(GPTModel(fast_cfg)), True, None
+        model, fused_adam, dtype = init_gpt2_weights(FastGPTModel(fast_cfg)), True, None
     elif variant.startswith("fast bf16"):
-        model, fused_adam, dtype = init_gpt2_weights(GPTModel(fast_cfg)), True, torch.bfloat16
+        model, fused_adam, dtype = init_gpt2_weights(FastGPTModel(fast_cfg)), True, torch.bfloat16
     elif variant.startswith("HF fp32"):
         import transformers
 

@@ -5,11 +5,13 @@
 3. ``CausalAttention``: a token may only look at itself and earlier tokens.
 4. ``MultiHeadAttentionWrapper``: several causal heads side by side.
 5. ``MultiHeadAttention``: the same heads computed at once with one matrix per
-   projection, as GPT-2 does; ``fused=True`` hands the masked softmax to
-   PyTorch's ``scaled_dot_product_attention``.
+   projection, as GPT-2 does.
 
-For generation (chapter 36), ``LayerKVCache`` keeps the keys and values of the
-tokens a layer has already seen, so that each new token computes only its own.
+The fast path of chapter 36 is kept apart from these: ``LayerKVCache`` keeps
+the keys and values of the tokens a layer has already seen, and
+``cached_attention(att, x, kv_cache, fused)`` computes ``att(x)`` from them,
+each new token computing only its own, optionally with PyTorch's fused
+``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "MultiHeadAttentionWrapper",
     "MultiHeadAttention",
     "LayerKVCache",
+    "cached_attention",
 ]
 
 
@@ -202,6 +205,81 @@ class MultiHeadAttentionWrapper(nn.Module):
         return mha
 
 
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head attention as in GPT-2 (chapter 18):
+    (batch, tokens, d_in) -> (batch, tokens, d_out), with d_out split
+    across num_heads heads of head_dim = d_out // num_heads features."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int,
+                 dropout: float, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        if num_heads < 1 or d_out % num_heads != 0:
+            raise ValueError(
+                f"d_out={d_out} must be divisible by num_heads={num_heads} "
+                f"so that every head gets the same number of features")
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.context_length = context_length
+        # One matrix per projection serves every head at once.
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)  # mixes what the heads found
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", causal_mask(context_length),
+                             persistent=False)
+
+    def split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(b, T, d_out) -> (b, num_heads, T, head_dim)."""
+        b, num_tokens, _ = t.shape
+        t = t.view(b, num_tokens, self.num_heads, self.head_dim)
+        return t.transpose(1, 2)
+
+    def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
+        """(b, num_heads, T, head_dim) -> (b, T, d_out), heads side by side."""
+        b, _, num_tokens, _ = context.shape
+        context = context.transpose(1, 2).contiguous()
+        return context.view(b, num_tokens, self.d_out)
+
+    def causal_weights(self, queries: torch.Tensor,
+                       keys: torch.Tensor) -> torch.Tensor:
+        """Every head's masked, scaled softmax: (b, num_heads, T, T)."""
+        num_tokens = queries.shape[-2]
+        scores = queries @ keys.transpose(-2, -1)
+        future = self.mask[:num_tokens, :num_tokens]
+        scores = scores.masked_fill(future, -torch.inf)
+        return torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.context_length)
+        queries = self.split_heads(self.W_query(x))  # (b, nh, T, hd)
+        keys = self.split_heads(self.W_key(x))
+        values = self.split_heads(self.W_value(x))
+        weights = self.causal_weights(queries, keys)  # (b, nh, T, T)
+        context = self.dropout(weights) @ values  # (b, nh, T, hd)
+        return self.out_proj(self.merge_heads(context))
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The weights (b, num_heads, T, T) without dropout, for plotting."""
+        _check_input(x, self.context_length)
+        queries = self.split_heads(self.W_query(x))
+        return self.causal_weights(queries, self.split_heads(self.W_key(x)))
+
+
+def _check_input(x: torch.Tensor, context_length: int, cached: int = 0) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"expected input of shape (batch, tokens, d_in), got {tuple(x.shape)}")
+    _check_length(x.shape[1], context_length, cached)
+
+
+# --- The fast path (chapter 36) ------------------------------------------------------------
+# The same attention, computed two faster ways: with a KV cache, each new token
+# computes only its own keys and values; with fused=True, PyTorch's
+# scaled_dot_product_attention computes the masked softmax in one kernel.
+
+
 class LayerKVCache:
     """One attention layer's keys and values so far, each ``(batch, num_heads, tokens, head_dim)``.
 
@@ -262,86 +340,39 @@ class LayerKVCache:
         return out
 
 
-class MultiHeadAttention(nn.Module):
-    """Causal multi-head attention as in GPT-2: ``(batch, tokens, d_in) -> (batch, tokens, d_out)``.
+def cached_attention(att: MultiHeadAttention, x: torch.Tensor,
+                     kv_cache: LayerKVCache | None = None,
+                     fused: bool = False) -> torch.Tensor:
+    """``att(x)``, where ``x`` are the tokens that follow those in
+    ``kv_cache``: their keys and values are appended to the cache, and
+    they attend to every cached token and, causally, to each other."""
+    start = 0 if kv_cache is None else kv_cache.length
+    _check_input(x, att.context_length, start)
+    queries = att.split_heads(att.W_query(x))
+    keys = att.split_heads(att.W_key(x))
+    values = att.split_heads(att.W_value(x))
+    if kv_cache is not None:
+        keys, values = kv_cache.append(keys, values)  # (b, nh, start+T, hd)
+    # The new tokens sit at positions start, start + 1, ...: their rows
+    # of the causal mask.
+    future = att.mask[start:start + x.shape[1], :keys.shape[-2]]
+    if fused:
+        context = _fused_context(att, queries, keys, values, future, start)
+    else:
+        scores = queries @ keys.transpose(-2, -1)
+        scores = scores.masked_fill(future, -torch.inf)
+        weights = torch.softmax(scores / math.sqrt(att.head_dim), dim=-1)
+        context = att.dropout(weights) @ values
+    return att.out_proj(att.merge_heads(context))
 
-    ``d_out`` is split across ``num_heads`` heads of ``d_out // num_heads`` features.
-    ``fused=False`` computes the masked softmax explicitly (the teaching path);
-    ``fused=True`` calls ``F.scaled_dot_product_attention``, which computes the
-    same function with a faster kernel (flash or memory-efficient attention).
-    ``forward(x, kv_cache)`` with a ``LayerKVCache`` treats ``x`` as the tokens
-    that follow the cached ones: their keys and values are appended, and they
-    attend to every cached token and to themselves causally.
-    """
 
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
-                 num_heads: int, qkv_bias: bool = False, fused: bool = False):
-        super().__init__()
-        if num_heads < 1 or d_out % num_heads != 0:
-            raise ValueError(
-                f"d_out={d_out} must be divisible by num_heads={num_heads} "
-                f"so that every head gets the same number of features"
-            )
-        self.d_out = d_out
-        self.num_heads = num_heads
-        self.head_dim = d_out // num_heads
-        self.context_length = context_length
-        self.dropout_p = dropout
-        self.fused = fused
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)  # mixes what the heads found
-        self.dropout = nn.Dropout(dropout)
-        self.register_buffer("mask", causal_mask(context_length), persistent=False)
-
-    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, num_tokens, _ = t.shape
-        # (b, T, d_out) -> (b, T, nh, hd) -> (b, nh, T, hd)
-        return t.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def _qkv(self, x: torch.Tensor, cached: int = 0):
-        if x.dim() != 3:
-            raise ValueError(f"expected input of shape (batch, tokens, d_in), got {tuple(x.shape)}")
-        _check_length(x.shape[1], self.context_length, cached)
-        return (self._split_heads(self.W_query(x)), self._split_heads(self.W_key(x)),
-                self._split_heads(self.W_value(x)))
-
-    def _weights(self, queries: torch.Tensor, keys: torch.Tensor, start: int = 0) -> torch.Tensor:
-        # Queries sit at positions start, start+1, ...; keys at 0, 1, ... (start > 0 with a KV cache).
-        num_queries, num_keys = queries.shape[-2], keys.shape[-2]
-        scores = queries @ keys.transpose(-2, -1)  # (b, nh, T_q, T_k)
-        scores = scores.masked_fill(self.mask[start:start + num_queries, :num_keys], -torch.inf)
-        return torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
-
-    def _fused_context(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       start: int) -> torch.Tensor:
-        dropout_p = self.dropout_p if self.training else 0.0
-        num_queries, num_keys = queries.shape[-2], keys.shape[-2]
-        if start == 0:       # no cache: the usual square causal mask
-            return F.scaled_dot_product_attention(queries, keys, values, is_causal=True, dropout_p=dropout_p)
-        if num_queries == 1:  # one new token may see every cached token: no mask at all
-            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
-        # is_causal would align the mask to the top left; the new tokens are the last rows.
-        allowed = ~self.mask[start:start + num_queries, :num_keys]
-        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, dropout_p=dropout_p)
-
-    @torch.no_grad()
-    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention weights ``(batch, num_heads, tokens, tokens)`` without dropout, for plotting."""
-        queries, keys, _ = self._qkv(x)
-        return self._weights(queries, keys)
-
-    def forward(self, x: torch.Tensor, kv_cache: LayerKVCache | None = None) -> torch.Tensor:
-        start = 0 if kv_cache is None else kv_cache.length
-        queries, keys, values = self._qkv(x, start)
-        if kv_cache is not None:
-            keys, values = kv_cache.append(keys, values)  # (b, nh, start + T, hd)
-        if self.fused:
-            context = self._fused_context(queries, keys, values, start)
-        else:
-            context = self.dropout(self._weights(queries, keys, start)) @ values  # (b, nh, T, hd)
-        b, _, num_tokens, _ = context.shape
-        # (b, nh, T, hd) -> (b, T, nh, hd) -> (b, T, d_out): heads side by side again
-        context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
-        return self.out_proj(context)
+def _fused_context(att, queries, keys, values, future, start: int):
+    dropout_p = att.dropout.p if att.training else 0.0
+    sdpa = F.scaled_dot_product_attention
+    if start == 0:  # no cache: the usual square causal mask
+        return sdpa(queries, keys, values, is_causal=True, dropout_p=dropout_p)
+    if queries.shape[-2] == 1:  # one new token may see every cached one
+        return sdpa(queries, keys, values, dropout_p=dropout_p)
+    # is_causal would align the mask to the top left; the new tokens are the
+    # last rows, so pass their rows of the mask instead.
+    return sdpa(queries, keys, values, attn_mask=~future, dropout_p=dropout_p)

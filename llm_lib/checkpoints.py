@@ -164,7 +164,7 @@ def load_or_train(recipe, train_fn, device="cpu", progress: bool = True, verbose
     ``(model, history)``, the model in eval mode. ``retrain`` trains even if a
     checkpoint exists.
     """
-    from .model import GPTModel
+    from .fast import FastGPTModel
 
     path = checkpoint_path(recipe)
     with exclusive_lock(path):
@@ -175,7 +175,7 @@ def load_or_train(recipe, train_fn, device="cpu", progress: bool = True, verbose
                                                    "history": history.as_dict()})
         elif verbose:
             print(f"loaded the trained weights from {path.name} (retrain=True trains again)")
-        model = GPTModel(recipe.cfg).to(device)
+        model = FastGPTModel(recipe.cfg).to(device)
         metadata = load_checkpoint(path, model, map_location=device)
     if metadata.get("recipe_key") != recipe.key():
         raise ValueError(f"{path} was not written by this recipe; delete it to retrain")

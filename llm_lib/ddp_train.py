@@ -29,7 +29,8 @@ from .checkpoints import save_checkpoint
 from .data import GPTDataset
 from .data_sources import load_text
 from .distributed import DistributedInfo, destroy_distributed, distributed_dataloader, init_distributed, weights_digest
-from .model import GPTConfig, GPTModel
+from .fast import FastGPTModel
+from .model import GPTConfig
 from .tokenizer import get_gpt2_encoding
 from .train import TrainOptions, make_optimizer, train_model
 
@@ -76,7 +77,7 @@ def build_config(args: argparse.Namespace) -> GPTConfig:
 def run(args: argparse.Namespace, info: DistributedInfo):
     """Train on this process's share (DDP if world_size > 1); returns ``(model, result)``.
 
-    ``model`` is the plain GPTModel, not the DDP wrapper; ``result`` is the
+    ``model`` is the plain FastGPTModel, not the DDP wrapper; ``result`` is the
     TrainingHistory as a dict (losses averaged over ranks, the tokens seen by
     all ranks) with this rank's number, the world size and its weights hash.
     """
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace, info: DistributedInfo):
                                         drop_last=False)
 
     torch.manual_seed(args.seed)   # the same start everywhere (DDP also copies rank 0's)
-    model = GPTModel(build_config(args)).to(info.device)
+    model = FastGPTModel(build_config(args)).to(info.device)
     train_target = model
     if info.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -56,7 +56,7 @@ class _NextLogits:
         self.model, self.context_size, self.cache = model, context_size, None
         if use_cache:
             if not hasattr(model, "new_kv_cache"):
-                raise TypeError(f"use_cache=True needs a model with a KV cache (llm_lib's GPTModel), "
+                raise TypeError(f"use_cache=True needs a model with a KV cache (llm_lib's FastGPTModel or LlamaModel), "
                                 f"got {type(model).__name__}")
             self.cache = model.new_kv_cache(min(context_size, model.cfg.context_length))
 

@@ -1,4 +1,6 @@
-"""The pieces of a GPT-2 transformer block (chapters 20-23)."""
+"""The pieces of a GPT-2 transformer block (chapters 20-23), and chapter 36's
+faster twins of them: ``FusedLayerNorm``, ``FusedGELU`` (``fuse_layers``
+swaps them in) and ``cached_block``, a block's forward with a KV cache."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import LayerKVCache, MultiHeadAttention
+from .attention import LayerKVCache, MultiHeadAttention, cached_attention
 
-__all__ = ["LayerNorm", "GELU", "FeedForward", "FusedLayerNorm", "FusedGELU", "layer_norm", "feed_forward",
-           "TransformerBlock"]
+__all__ = ["LayerNorm", "GELU", "FeedForward", "TransformerBlock",
+           "FusedLayerNorm", "FusedGELU", "fuse_layers", "cached_block"]
 
 
 class LayerNorm(nn.Module):
@@ -59,9 +61,33 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
-# The fast path (chapter 36): the same functions, each one PyTorch kernel
-# instead of the several operations above. Same parameters, so the weights
-# of one load into the other.
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block (chapter 23): x + drop(att(norm1(x))), then
+    x + drop(ff(norm2(x))); the shape (batch, tokens, emb_dim) is kept.
+    ``cfg`` is a ``GPTConfig``."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = MultiHeadAttention(
+            d_in=cfg.emb_dim, d_out=cfg.emb_dim,
+            context_length=cfg.context_length, dropout=cfg.drop_rate,
+            num_heads=cfg.n_heads, qkv_bias=cfg.qkv_bias)
+        self.ff = FeedForward(cfg.emb_dim)
+        self.norm1 = LayerNorm(cfg.emb_dim)
+        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each sub-layer reads a normalised copy of the residual stream x
+        # and adds its result back to it.
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+# --- The fast path (chapter 36) ---------------------------------------------
+# The same functions, each one PyTorch kernel instead of the several
+# operations above. Same parameters, so the weights of one load into the other.
 
 
 class FusedLayerNorm(LayerNorm):
@@ -79,38 +105,27 @@ class FusedGELU(GELU):
         return F.gelu(x, approximate="tanh")
 
 
-def layer_norm(emb_dim: int, fused: bool = False) -> LayerNorm:
-    """A ``LayerNorm``, or with ``fused=True`` its one-kernel twin."""
-    return FusedLayerNorm(emb_dim) if fused else LayerNorm(emb_dim)
+def fuse_layers(module: nn.Module) -> nn.Module:
+    """Swap every ``LayerNorm`` and ``GELU`` inside ``module`` for its
+    one-kernel twin, in place, keeping the parameters; returns ``module``."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is LayerNorm:
+                fused = FusedLayerNorm(child.scale.shape[0], child.eps)
+                fused.scale, fused.shift = child.scale, child.shift
+                setattr(parent, name, fused)
+            elif type(child) is GELU:
+                setattr(parent, name, FusedGELU())
+    return module
 
 
-def feed_forward(emb_dim: int, fused: bool = False) -> FeedForward:
-    """A ``FeedForward`` whose GELU is fused with ``fused=True``."""
-    return FeedForward(emb_dim, activation=FusedGELU() if fused else GELU())
-
-
-class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: x + drop(att(norm1(x))), then + drop(ff(norm2(x))); ``(b, T, emb_dim)`` kept.
-
-    ``cfg`` is a ``GPTConfig`` (or anything with its attribute names).
-    ``forward(x, kv_cache)`` passes a ``LayerKVCache`` to the attention (chapter 36).
-    """
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.att = MultiHeadAttention(
-            d_in=cfg.emb_dim, d_out=cfg.emb_dim, context_length=cfg.context_length,
-            dropout=cfg.drop_rate, num_heads=cfg.n_heads, qkv_bias=cfg.qkv_bias,
-            fused=getattr(cfg, "fused_attention", False),
-        )
-        fused = getattr(cfg, "fused_layers", False)
-        self.ff = feed_forward(cfg.emb_dim, fused)
-        self.norm1 = layer_norm(cfg.emb_dim, fused)
-        self.norm2 = layer_norm(cfg.emb_dim, fused)
-        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
-
-    def forward(self, x: torch.Tensor,
-                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache))
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
-        return x
+def cached_block(block: TransformerBlock, x: torch.Tensor,
+                 kv_cache: LayerKVCache | None = None,
+                 fused_attention: bool = False) -> torch.Tensor:
+    """``block(x)`` through chapter 36's ``cached_attention``: ``x`` are the
+    tokens that follow those in ``kv_cache``."""
+    attended = cached_attention(block.att, block.norm1(x), kv_cache,
+                                fused_attention)
+    x = x + block.drop_shortcut(attended)
+    x = x + block.drop_shortcut(block.ff(block.norm2(x)))
+    return x

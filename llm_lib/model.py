@@ -1,11 +1,10 @@
-"""GPT-2 as a PyTorch module (chapters 19 and 24), with the switches of the fast path (chapter 36).
+"""GPT-2 as a PyTorch module (chapters 19 and 24), and its fast path (chapter 36).
 
-Every switch is off by default, and each computes the same function as the
-teaching path: ``fused_attention`` (PyTorch's attention kernel),
-``fused_layers`` (PyTorch's layer-norm and GELU kernels), ``tie_weights``
-(one matrix for the token embedding and the output head),
-``vocab_pad_multiple`` (embedding and head rows padded to a round number, the
-logits trimmed back), and a ``KVCache`` for generation.
+``GPTModel`` is the model as chapter 24 builds it. ``llm_lib.fast.FastGPTModel``
+is the same model with chapter 36's additions (a KV cache, the output head at
+chosen positions only, fused kernels, a padded vocabulary); the library's
+loaders and training recipes build that one, with every switch off unless
+asked for.
 """
 
 from __future__ import annotations
@@ -18,14 +17,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .attention import LayerKVCache
 from .config import GPT2_SIZES, GPTConfig
-from .layers import LayerNorm, TransformerBlock, layer_norm
+from .layers import LayerNorm, TransformerBlock
 
 __all__ = [
     "GPTConfig",
     "GPTModel",
-    "KVCache",
     "check_token_ids",
     "count_parameters",
     "eval_mode",
@@ -117,51 +114,6 @@ def _takes_positions(model) -> bool:
     return any(p.name == "positions" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-class KVCache:
-    """The keys and values of the tokens a ``GPTModel`` has seen: one ``LayerKVCache`` per block (chapter 36).
-
-    ``model(ids, kv_cache=cache)`` treats ``ids`` as the tokens that follow the
-    ``cache.length`` cached ones (their positions continue from there) and
-    appends their keys and values. At most ``max_tokens`` tokens fit.
-    """
-
-    def __init__(self, n_layers: int, max_tokens: int):
-        self.layers = [LayerKVCache(max_tokens) for _ in range(n_layers)]
-        self.max_tokens = max_tokens
-
-    @property
-    def length(self) -> int:
-        """Number of tokens cached so far."""
-        return self.layers[0].length
-
-    def reset(self) -> None:
-        """Forget every cached token."""
-        for layer in self.layers:
-            layer.reset()
-
-    def repeat(self, copies: int) -> KVCache:
-        """A new cache with ``copies`` copies of each cached row (see ``LayerKVCache.repeat``)."""
-        out = KVCache(0, self.max_tokens)
-        out.layers = [layer.repeat(copies) for layer in self.layers]
-        return out
-
-    @classmethod
-    def for_model(cls, cfg, max_tokens: int | None = None) -> KVCache:
-        """An empty cache for a model of configuration ``cfg``, room for ``max_tokens`` (default: its context)."""
-        max_tokens = cfg.context_length if max_tokens is None else max_tokens
-        if not 1 <= max_tokens <= cfg.context_length:
-            raise ValueError(f"max_tokens must lie in [1, context_length={cfg.context_length}], "
-                             f"got {max_tokens}")
-        return cls(cfg.n_layers, max_tokens)
-
-    def layers_for(self, blocks) -> list[LayerKVCache]:
-        """The per-block caches, after checking there is one for each of ``blocks``."""
-        if len(self.layers) != len(blocks):
-            raise ValueError(f"the KV cache has {len(self.layers)} layers but the model has "
-                             f"n_layers={len(blocks)}; make it with model.new_kv_cache()")
-        return self.layers
-
-
 def _is_compiling() -> bool:
     is_compiling = getattr(torch.compiler, "is_compiling", None)
     return bool(is_compiling and is_compiling())
@@ -207,80 +159,52 @@ def check_token_ids(in_idx: torch.Tensor, vocab_size: int, context_length: int, 
 
 
 class GPTModel(nn.Module):
-    """GPT-2: token ids ``(batch, tokens)`` -> next-token logits ``(batch, tokens, vocab_size)``.
-
-    With ``cfg.vocab_pad_multiple`` > 1 the embedding and the head have
-    ``cfg.padded_vocab_size`` rows, the logits are trimmed to ``vocab_size``
-    (a view), and ``state_dict()`` holds only the real rows, so checkpoints are
-    the same with or without padding.
-    """
+    """GPT-2 (chapter 24): token ids (batch, tokens) -> next-token logits
+    (batch, tokens, vocab_size). ``cfg`` is a ``GPTConfig``."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.check_config(cfg)
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.emb_dim)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
-        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = layer_norm(cfg.emb_dim, cfg.fused_layers)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.padded_vocab_size, bias=False)
-        if cfg.tie_weights:
+        self.trf_blocks = nn.Sequential(
+            *[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:  # GPT-2's choice: one matrix at both ends
             self.out_head.weight = self.tok_emb.weight
-        if cfg.padded_vocab_size != cfg.vocab_size:
-            with torch.no_grad():  # padding rows: never looked up, their logits are cut off
-                self.tok_emb.weight[cfg.vocab_size:].zero_()
-                self.out_head.weight[cfg.vocab_size:].zero_()
-            self._register_padding_hooks()
 
-    # --- vocabulary padding: checkpoints hold vocab_size rows -------------------------------
-
-    _VOCAB_ROWS = ("tok_emb.weight", "out_head.weight")
-
-    def _register_padding_hooks(self) -> None:
-        post = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
-        post(GPTModel._trim_padding_rows)
-        pre = getattr(self, "register_load_state_dict_pre_hook", None)
-        if pre is not None:
-            pre(GPTModel._add_padding_rows)
-        else:  # torch < 2.5
-            self._register_load_state_dict_pre_hook(GPTModel._add_padding_rows, with_module=True)
-
-    @staticmethod
-    def _trim_padding_rows(module, state_dict, prefix, local_metadata) -> None:
-        for name in GPTModel._VOCAB_ROWS:
-            if prefix + name in state_dict:
-                state_dict[prefix + name] = state_dict[prefix + name][:module.cfg.vocab_size]
-
-    @staticmethod
-    def _add_padding_rows(module, state_dict, prefix, *args) -> None:
-        v, padded = module.cfg.vocab_size, module.cfg.padded_vocab_size
-        for name in GPTModel._VOCAB_ROWS:
-            t = state_dict.get(prefix + name)
-            if t is not None and t.dim() == 2 and t.shape[0] == v:
-                state_dict[prefix + name] = torch.cat([t, t.new_zeros(padded - v, t.shape[1])])
-
-    # --- forward -------------------------------------------------------------------------------
-
-    def check_input(self, in_idx: torch.Tensor, start_pos: int = 0) -> None:
-        """Raise a clear error if ``in_idx`` is not a ``(batch, tokens)`` tensor of valid ids.
-
-        ``start_pos`` is the number of tokens already in a KV cache before these.
-        """
-        check_token_ids(in_idx, self.cfg.vocab_size, self.cfg.context_length, start_pos)
-
-    def embed(self, in_idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """Token plus position embeddings ``(batch, tokens, emb_dim)``, before dropout; positions from ``start_pos``."""
-        self.check_input(in_idx, start_pos)
-        positions = torch.arange(start_pos, start_pos + in_idx.shape[1], device=in_idx.device)
+    def embed(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings (batch, tokens, emb_dim)."""
+        self.check_input(in_idx)
+        positions = torch.arange(in_idx.shape[1], device=in_idx.device)
         return self.tok_emb(in_idx) + self.pos_emb(positions)
 
-    def new_kv_cache(self, max_tokens: int | None = None) -> KVCache:
-        """An empty ``KVCache`` for this model, with room for ``max_tokens`` (default: the context length)."""
-        return KVCache.for_model(self.cfg, max_tokens)
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        x = self.drop_emb(self.embed(in_idx))  # (batch, tokens, emb_dim)
+        x = self.trf_blocks(x)
+        x = self.final_norm(x)
+        return self.out_head(x)  # (batch, tokens, vocab_size)
+
+    def check_input(self, in_idx: torch.Tensor) -> None:
+        """A clear error unless in_idx is (batch, tokens) of valid ids."""
+        check_token_ids(in_idx, self.cfg.vocab_size,
+                        self.cfg.context_length)
+
+    def check_config(self, cfg: GPTConfig) -> None:
+        """A clear error if cfg asks for chapter 36's switches."""
+        on = [name for name, off in _FAST_SWITCHES.items()
+              if getattr(cfg, name) != off]
+        if on:
+            raise ValueError(f"{', '.join(on)} belong to chapter 36's fast "
+                             f"path: build FastGPTModel(cfg) instead")
 
     @torch.no_grad()
     def attention_weights(self, in_idx: torch.Tensor) -> torch.Tensor:
-        """Every block's attention weights ``(n_layers, batch, n_heads, tokens, tokens)``, dropout off."""
+        """Every block's attention weights, dropout off:
+        (n_layers, batch, n_heads, tokens, tokens)."""
         with eval_mode(self):
             x = self.embed(in_idx)
             weights = []
@@ -289,38 +213,9 @@ class GPTModel(nn.Module):
                 x = block(x)
         return torch.stack(weights)
 
-    def backbone(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Token ids ``(batch, tokens)`` -> the last block's output ``(batch, tokens, emb_dim)``, before the final norm.
 
-        With ``kv_cache`` the ids are the tokens that follow the cached ones.
-        """
-        start_pos = 0 if kv_cache is None else kv_cache.length
-        x = self.drop_emb(self.embed(in_idx, start_pos))
-        if kv_cache is None:
-            return self.trf_blocks(x)
-        for block, layer_cache in zip(self.trf_blocks, kv_cache.layers_for(self.trf_blocks), strict=True):
-            x = block(x, layer_cache)
-        return x
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm and output head: hidden states ``(..., emb_dim)`` -> logits ``(..., vocab_size)``.
-
-        Applied to a selection of positions (the last one, the counted targets),
-        it skips the head's work everywhere else.
-        """
-        logits = self.out_head(self.final_norm(hidden))
-        if self.cfg.padded_vocab_size != self.cfg.vocab_size:
-            logits = logits[..., :self.cfg.vocab_size]  # padding ids are never predicted
-        return logits
-
-    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None, positions=None) -> torch.Tensor:
-        """Token ids ``(batch, tokens)`` -> logits ``(batch, tokens, vocab_size)``.
-
-        ``positions`` keeps only some positions' logits, and runs the output
-        head there alone (see ``select_positions``): ``-1`` gives ``(batch,
-        vocab_size)`` for the next token.
-        """
-        return self.head(select_positions(self.backbone(in_idx, kv_cache), positions))
+_FAST_SWITCHES = {"fused_attention": False, "fused_layers": False,
+                  "vocab_pad_multiple": 1}
 
 
 @torch.no_grad()

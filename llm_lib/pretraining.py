@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoints import load_or_train, recipe_hash
-from .model import GPTConfig, GPTModel
+from .fast import FastGPTModel
+from .model import GPTConfig
 from .tokenizer import get_gpt2_encoding
 from .train import train_model_simple
 
@@ -70,7 +71,7 @@ def pretrain(recipe: PretrainRecipe, device="cpu", progress: bool = True, verbos
     """Run ``recipe`` from a seeded random model; returns ``(model, TrainingHistory)``."""
     tokenizer = get_gpt2_encoding()
     torch.manual_seed(recipe.seed)
-    model = GPTModel(recipe.cfg).to(device)
+    model = FastGPTModel(recipe.cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     train_loader, val_loader = recipe.loaders(tokenizer)
     history = train_model_simple(

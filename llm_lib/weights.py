@@ -37,8 +37,9 @@ import torch
 
 from . import hub
 from .data_sources import DataIntegrityError
+from .fast import FastGPTModel
 from .hub import hub_file  # noqa: F401  (importable from here, as before)
-from .model import GPT2_SIZES, GPTConfig, GPTModel, load_state_dict_checked
+from .model import GPT2_SIZES, GPTConfig, load_state_dict_checked
 
 __all__ = [
     "HF_REPOS",
@@ -284,12 +285,12 @@ def download_gpt2(size: str = "small", cache_dir: str | os.PathLike | None = Non
 
 
 def gpt2_from_pretrained(size: str = "small", cache_dir: str | os.PathLike | None = None,
-                         **overrides) -> GPTModel:
-    """OpenAI's GPT-2 ``size`` as a ``GPTModel`` in eval mode (qkv_bias=True, context 1024, weights loaded).
+                         **overrides) -> FastGPTModel:
+    """OpenAI's GPT-2 ``size`` as a ``FastGPTModel`` in eval mode (qkv_bias=True, context 1024, weights loaded).
 
     ``overrides`` change other config fields, e.g. ``drop_rate=0.0`` for finetuning.
     """
     path = download_gpt2(size, cache_dir)
-    model = GPTModel(GPTConfig.gpt2(size, **{"qkv_bias": True, **overrides}))
+    model = FastGPTModel(GPTConfig.gpt2(size, **{"qkv_bias": True, **overrides}))
     load_gpt2_weights(model, path)
     return model.eval()

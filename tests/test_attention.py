@@ -13,6 +13,7 @@ from llm_lib.attention import (
     MultiHeadAttentionWrapper,
     SelfAttentionV1,
     SelfAttentionV2,
+    cached_attention,
     causal_mask,
     simple_attention,
 )
@@ -54,8 +55,7 @@ def test_causal_attention_matches_sdpa_and_masking_routes():
 @pytest.mark.parametrize("fused", [False, True])
 def test_multihead_matches_sdpa_on_its_own_projections(fused):
     torch.manual_seed(1)
-    mha = MultiHeadAttention(16, 24, context_length=10, dropout=0.0, num_heads=3, fused=fused,
-                             qkv_bias=True)
+    mha = MultiHeadAttention(16, 24, context_length=10, dropout=0.0, num_heads=3, qkv_bias=True)
     x = torch.randn(2, 7, 16)
 
     def heads(t):
@@ -64,16 +64,24 @@ def test_multihead_matches_sdpa_on_its_own_projections(fused):
     ref = F.scaled_dot_product_attention(heads(mha.W_query(x)), heads(mha.W_key(x)),
                                          heads(mha.W_value(x)), is_causal=True)
     ref = mha.out_proj(ref.transpose(1, 2).reshape(2, 7, 24))
-    torch.testing.assert_close(mha(x), ref, atol=1e-5, rtol=1e-5)
+    out = cached_attention(mha, x, fused=fused) if fused else mha(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mha.split_heads(mha.W_query(x)), heads(mha.W_query(x)))
+    q = mha.W_query(x)
+    assert torch.equal(mha.merge_heads(mha.split_heads(q)), q)  # the way back
 
 
-def test_fused_and_explicit_paths_agree():
+def test_the_fast_path_computes_the_teaching_forward_exactly_or_fused():
     torch.manual_seed(2)
-    explicit = MultiHeadAttention(32, 32, 16, 0.0, num_heads=4)
-    fused = MultiHeadAttention(32, 32, 16, 0.0, num_heads=4, fused=True)
-    fused.load_state_dict(explicit.state_dict())
+    mha = MultiHeadAttention(32, 32, 16, 0.1, num_heads=4)
     x = torch.randn(3, 16, 32)
-    torch.testing.assert_close(explicit(x), fused(x), atol=1e-5, rtol=1e-5)
+    mha.eval()
+    torch.testing.assert_close(cached_attention(mha, x, fused=True), mha(x), atol=1e-5, rtol=1e-5)
+    mha.train()
+    torch.manual_seed(7)
+    explicit = cached_attention(mha, x)
+    torch.manual_seed(7)
+    assert torch.equal(mha(x), explicit)  # the same dropout mask too, drawn in the same order
 
 
 def test_wrapper_equals_efficient_multihead():
@@ -88,7 +96,11 @@ def test_wrapper_equals_efficient_multihead():
 @pytest.mark.parametrize("fused", [False, True])
 def test_future_tokens_never_change_the_past(fused):
     torch.manual_seed(4)
-    mha = MultiHeadAttention(8, 8, 12, 0.0, num_heads=2, fused=fused)
+    layer = MultiHeadAttention(8, 8, 12, 0.0, num_heads=2)
+
+    def mha(t):
+        return cached_attention(layer, t, fused=fused)
+
     x = torch.randn(1, 10, 8)
     changed = x.clone()
     changed[:, 6:] = torch.randn(1, 4, 8)
@@ -129,15 +141,16 @@ def test_too_long_input_names_the_limit(layer):
 @pytest.mark.parametrize("fused", [False, True])
 def test_kv_cache_gives_the_full_pass_chunk_by_chunk(fused):
     torch.manual_seed(5)
-    mha = MultiHeadAttention(16, 16, 12, 0.0, num_heads=4, fused=fused, qkv_bias=True)
+    mha = MultiHeadAttention(16, 16, 12, 0.0, num_heads=4, qkv_bias=True)
     x = torch.randn(2, 11, 16)
     cache = LayerKVCache(max_tokens=12)
     with torch.no_grad():
-        parts = [mha(x[:, a:b], kv_cache=cache) for a, b in [(0, 4), (4, 5), (5, 9), (9, 10), (10, 11)]]
+        parts = [cached_attention(mha, x[:, a:b], cache, fused)
+                 for a, b in [(0, 4), (4, 5), (5, 9), (9, 10), (10, 11)]]
     assert cache.length == 11 and cache.keys.shape == (2, 4, 12, 4)
     torch.testing.assert_close(torch.cat(parts, dim=1), mha(x), atol=1e-6, rtol=1e-5)
     # The cache holds exactly the keys and values of the full pass.
-    torch.testing.assert_close(cache.values[:, :, :11], mha._split_heads(mha.W_value(x)))
+    torch.testing.assert_close(cache.values[:, :, :11], mha.split_heads(mha.W_value(x)))
 
 
 def test_kv_cache_reset_starts_over():
@@ -145,22 +158,22 @@ def test_kv_cache_reset_starts_over():
     x = torch.randn(1, 5, 8)
     cache = LayerKVCache(max_tokens=6)
     with torch.no_grad():
-        mha(torch.randn(1, 3, 8), kv_cache=cache)
+        cached_attention(mha, torch.randn(1, 3, 8), cache)
         cache.reset()
         assert cache.length == 0
-        torch.testing.assert_close(mha(x, kv_cache=cache), mha(x))
+        torch.testing.assert_close(cached_attention(mha, x, cache), mha(x))
 
 
 def test_kv_cache_limits_are_named():
     mha = MultiHeadAttention(4, 4, 8, 0.0, num_heads=2)
     with torch.no_grad():
         cache = LayerKVCache(max_tokens=5)
-        mha(torch.randn(1, 4, 4), kv_cache=cache)
+        cached_attention(mha, torch.randn(1, 4, 4), cache)
         with pytest.raises(ValueError, match="holds 4 tokens and has room for max_tokens=5"):
-            mha(torch.randn(1, 2, 4), kv_cache=cache)
+            cached_attention(mha, torch.randn(1, 2, 4), cache)
         big = LayerKVCache(max_tokens=20)
-        mha(torch.randn(1, 6, 4), kv_cache=big)
+        cached_attention(mha, torch.randn(1, 6, 4), big)
         with pytest.raises(ValueError, match="3 new tokens after 6 cached ones .* context_length=8"):
-            mha(torch.randn(1, 3, 4), kv_cache=big)
+            cached_attention(mha, torch.randn(1, 3, 4), big)
     with pytest.raises(ValueError, match="max_tokens must be at least 1"):
         LayerKVCache(0)

@@ -189,8 +189,8 @@ def test_visible_code_fits_the_page_or_is_counted(chapter):
 # ---------------------------------------------------------------- the code the book builds (issue 16)
 
 # Each piece a chapter of Parts II-IV builds, shown in that chapter by show_source: the
-# library's own code, so book and package cannot drift apart. More join as their classes
-# are restructured (the attention, block and model classes still carry chapter 36's switches).
+# library's own code, so book and package cannot drift apart. Chapter 36 shows its fast path,
+# which is code of its own (cached_attention, cached_block, FastGPTModel) around these classes.
 PIECES_SHOWN = {
     7: ["tokenizer.SimpleTokenizerV1", "tokenizer.SimpleTokenizerV2"],
     8: ["tokenizer.get_pair_counts tokenizer.merge_pair", "tokenizer.reference_merges"],
@@ -199,10 +199,14 @@ PIECES_SHOWN = {
     15: ["attention.SelfAttentionV1", "attention.SelfAttentionV2"],
     16: ["attention.CausalAttention"],
     17: ["attention.MultiHeadAttentionWrapper.__init__ attention.MultiHeadAttentionWrapper.forward"],
+    18: ["attention.MultiHeadAttention"],
     20: ["layers.LayerNorm"],
     21: ["layers.GELU", "layers.FeedForward"],
+    23: ["layers.TransformerBlock"],
+    24: ["model.GPTModel"],
     25: ["generate.generate_text_simple"],
-    36: ["layers.FusedLayerNorm layers.FusedGELU"],
+    36: ["layers.FusedLayerNorm layers.FusedGELU", "attention.cached_attention",
+         "layers.cached_block fast.FastGPTModel.backbone"],
 }
 
 
@@ -243,3 +247,45 @@ def test_parts_ii_to_iv_have_an_exercise_the_reader_writes_and_a_check(number):
     assert any("complete it" in text for text in saved), "the check cell tells the reader what to do"
     solutions = ["".join(o.get("text", "")) for tags, c in tagged if "solution" in tags for o in c.outputs]
     assert any("match" in text for text in solutions), "the hidden solution passes the check"
+
+
+# ---------------------------------------------------------------- figures drawn for the chapters
+
+FIGURES_DIR = ROOT / "chapters" / "figures"
+# ```{figure} path (or :::{figure} path) and ![alt](path), as a chapter's markdown writes them
+IMAGE_REFERENCE = re.compile(r"^(?:```|:::)\{figure\}[ \t]+(\S+)|!\[[^\]]*\]\((?:<([^>]+)>|([^)\s]+))", re.M)
+
+
+def _chapter_markdown() -> dict[str, str]:
+    """Every chapter's markdown, notebooks and pages, by file name."""
+    texts = {p.name: "\n".join(c.source for c in nbformat.read(p, as_version=4).cells if c.cell_type == "markdown")
+             for p in CHAPTER_FILES}
+    texts.update({p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "chapters").glob("*.md"))})
+    return texts
+
+
+def _images_shown() -> list[tuple[str, str]]:
+    """(chapter file, path as written) for every figure or image in the chapters' markdown."""
+    paths = [(name, "".join(groups)) for name, text in _chapter_markdown().items()
+             for groups in IMAGE_REFERENCE.findall(text)]
+    return [(name, path) for name, path in paths if "://" not in path]
+
+
+def test_every_figure_or_image_a_chapter_shows_exists():
+    shown = _images_shown()
+    missing = [(name, path) for name, path in shown if not (ROOT / "chapters" / path).is_file()]
+    assert not missing, f"figures or images that are not in the repository: {missing}"
+
+
+@pytest.mark.parametrize("svg", sorted(FIGURES_DIR.glob("*.svg")), ids=lambda p: p.name)
+def test_figure_svg_is_valid_has_a_viewbox_and_is_shown(svg):
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(svg).getroot()  # raises on anything that is not well-formed XML
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg", f"{svg.name}: the root element is {root.tag}, not an SVG"
+    assert len((root.get("viewBox") or "").split()) == 4, f"{svg.name} needs a viewBox, so that it scales"
+    assert root.find(f"{ns}title") is not None and root.find(f"{ns}desc") is not None, \
+        f"{svg.name} needs a <title> and a <desc> for screen readers"
+    shown = {(ROOT / "chapters" / path).resolve() for _, path in _images_shown()}
+    assert svg.resolve() in shown, f"{svg.name} is not shown by any chapter"

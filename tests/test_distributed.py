@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from llm_lib.ddp_train import build_config, parse_args, run
-from llm_lib.model import GPTModel
+from llm_lib.fast import FastGPTModel
 from llm_lib.train import DistributedInfo, load_checkpoint, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +44,11 @@ def test_two_ranks_end_equal_and_match_one_process_with_the_double_batch(tmp_pat
     args = parse_args(["--out", str(tmp_path / "single"), "--batch-size", "4", *STEPS])
     single, history = run(args, DistributedInfo())
     assert history["seen"] == ranks[0]["seen"]
-    ddp = GPTModel(build_config(args))
+    ddp = FastGPTModel(build_config(args))
     load_checkpoint(tmp_path / "ddp" / "model.safetensors", ddp)
     assert weights_digest(ddp) == ranks[0]["weights_sha256"]
     torch.manual_seed(args.seed)
-    start = GPTModel(build_config(args))
+    start = FastGPTModel(build_config(args))
     moved = max((a - b).abs().max().item() for a, b in zip(single.parameters(), start.parameters(), strict=True))
     assert moved > 1e-3  # training moved the weights, so the agreement below says something
     # Equal up to float rounding: the gradients are summed in another order. AdamW divides by the

@@ -37,8 +37,9 @@ from llm_lib.evaluate import (
     score_multiple_choice,
     subsample,
 )
+from llm_lib.fast import FastGPTModel
 from llm_lib.llama import LlamaConfig, LlamaModel
-from llm_lib.model import GPTConfig, GPTModel, select_positions
+from llm_lib.model import GPTConfig, select_positions
 from llm_lib.tokenizer import get_gpt2_encoding
 
 TOKENIZER = get_gpt2_encoding()
@@ -191,7 +192,7 @@ def test_k_shot_prompts_use_the_shots():
 
 def test_tiny_gpt_smoke():
     cfg = GPTConfig(vocab_size=VOCAB, context_length=64, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.1)
-    model = GPTModel(cfg)
+    model = FastGPTModel(cfg)
     model.train()
     questions = load_mmlu("abstract_algebra")[:6]
     results = score_multiple_choice(model, TOKENIZER, questions, batch_size=4)
@@ -232,7 +233,7 @@ def cloze_by_hand(model, q):
     return totals
 
 
-@pytest.mark.parametrize("make", [lambda: GPTModel(TINY_GPT), lambda: LlamaModel(TINY_LLAMA)],
+@pytest.mark.parametrize("make", [lambda: FastGPTModel(TINY_GPT), lambda: LlamaModel(TINY_LLAMA)],
                          ids=["gpt2", "llama"])
 def test_cloze_from_a_cached_prompt_equals_one_pass_per_choice(make):
     torch.manual_seed(0)
@@ -259,12 +260,12 @@ def test_cloze_normalizations_and_rescoring():
     with pytest.raises(ValueError, match="normalize must be one of"):
         dataclasses.replace(r, normalize="bytes")
     with pytest.raises(ValueError, match="normalize must be one of"):
-        score_cloze(GPTModel(TINY_GPT), TOKENIZER, [question()], normalize="mean")
+        score_cloze(FastGPTModel(TINY_GPT), TOKENIZER, [question()], normalize="mean")
 
 
 def test_cloze_prompt_cut_on_the_left_to_fit_the_context():
     torch.manual_seed(0)
-    model = GPTModel(TINY_GPT).eval()
+    model = FastGPTModel(TINY_GPT).eval()
     q = question("word " * 200)
     n = len(TOKENIZER.encode(cloze_prompt(q)))
     longest = max(len(TOKENIZER.encode(" " + c)) for c in q.choices)
@@ -279,7 +280,7 @@ def test_cloze_prompt_cut_on_the_left_to_fit_the_context():
 
 def test_a_repeated_kv_cache_continues_each_copy_like_the_original():
     torch.manual_seed(0)
-    model = GPTModel(TINY_GPT).eval()
+    model = FastGPTModel(TINY_GPT).eval()
     prompt = torch.randint(0, VOCAB, (2, 7))
     more = torch.randint(0, VOCAB, (6, 3))      # rows 0-2 continue prompt 0, rows 3-5 prompt 1
     with torch.no_grad():

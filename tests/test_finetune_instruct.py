@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_lib.fast import FastGPTModel
 from llm_lib.finetune import (
     IGNORE_INDEX,
     PROMPT_HEADER,
@@ -190,7 +191,7 @@ def test_grouping_by_length_pads_less_than_random_batches():
 
 def test_instruction_loss_equals_calc_loss_batch():
     torch.manual_seed(1)
-    model = GPTModel(TINY.replace(drop_rate=0.0)).eval()
+    model = FastGPTModel(TINY.replace(drop_rate=0.0)).eval()
     inputs, targets = instruction_collate(BATCH, mask_prompt=True)
     loss = instruction_loss_batch(inputs, targets, model)
     torch.testing.assert_close(loss, calc_loss_batch(inputs, targets, model))

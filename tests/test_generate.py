@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from llm_lib.fast import FastGPTModel
 from llm_lib.generate import (
     generate,
     generate_text_simple,
@@ -19,7 +20,7 @@ CFG = GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers
 @pytest.fixture
 def model():
     torch.manual_seed(5)
-    return GPTModel(CFG)
+    return FastGPTModel(CFG)
 
 
 def test_temperature_zero_is_greedy(model):
@@ -27,6 +28,8 @@ def test_temperature_zero_is_greedy(model):
     greedy = generate_text_simple(model, idx, 12, CFG.context_length)
     assert greedy.shape == (1, 15)
     assert torch.equal(generate(model, idx, 12, CFG.context_length, temperature=0.0), greedy)
+    torch.manual_seed(5)  # chapter 24's GPTModel, the same weights: the same tokens
+    assert torch.equal(generate_text_simple(GPTModel(CFG), idx, 12, CFG.context_length), greedy)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 5.0])
@@ -104,7 +107,7 @@ def test_text_round_trip():
 @pytest.fixture(params=[False, True], ids=["explicit", "fused"])
 def any_model(request):
     torch.manual_seed(5)
-    return GPTModel(CFG.replace(fused_attention=request.param))
+    return FastGPTModel(CFG.replace(fused_attention=request.param))
 
 
 def test_cached_greedy_decoding_gives_the_same_tokens(any_model):
@@ -134,7 +137,7 @@ def test_cached_generation_stops_at_eos_like_the_uncached_one(model):
 
 
 def test_padded_vocabulary_generates_the_same_tokens(model):
-    padded = GPTModel(CFG.replace(vocab_pad_multiple=64))
+    padded = FastGPTModel(CFG.replace(vocab_pad_multiple=64))
     padded.load_state_dict(model.state_dict())
     idx = torch.tensor([[1, 2, 3]])
     expected = generate(model, idx, 6, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
@@ -167,13 +170,13 @@ def test_cache_runs_one_token_per_step_until_the_context_is_full(model):
 def test_input_major_weights_keep_the_model_and_its_greedy_tokens(tmp_path):
     from llm_lib.checkpoints import load_checkpoint, save_checkpoint
     from llm_lib.generate import generate, store_weights_input_major
-    from llm_lib.model import GPTConfig, GPTModel
+    from llm_lib.model import GPTConfig
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=300, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0,
                     tie_weights=True)
-    plain = GPTModel(cfg).eval()
-    fast = GPTModel(cfg).eval()
+    plain = FastGPTModel(cfg).eval()
+    fast = FastGPTModel(cfg).eval()
     fast.load_state_dict(plain.state_dict())
     head = fast.out_head.weight
     assert store_weights_input_major(fast) is fast and fast.out_head.weight is head   # same Parameter
@@ -184,6 +187,6 @@ def test_input_major_weights_keep_the_model_and_its_greedy_tokens(tmp_path):
     ids = torch.randint(0, 300, (2, 5))
     torch.testing.assert_close(fast(ids), plain(ids), rtol=1e-5, atol=1e-5)
     assert torch.equal(generate(fast, ids, 12, 32, use_cache=True), generate(plain, ids, 12, 32, use_cache=True))
-    again = GPTModel(cfg)
+    again = FastGPTModel(cfg)
     load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", fast), again)   # saved as usual
     assert torch.equal(again.out_head.weight, plain.out_head.weight) and again.out_head.weight.is_contiguous()

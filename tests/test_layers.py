@@ -10,8 +10,8 @@ from llm_lib.layers import (
     FusedLayerNorm,
     LayerNorm,
     TransformerBlock,
-    feed_forward,
-    layer_norm,
+    cached_block,
+    fuse_layers,
 )
 from llm_lib.model import GPTConfig
 
@@ -43,8 +43,22 @@ def test_fused_layernorm_and_gelu_compute_the_teaching_functions():
     torch.testing.assert_close(fused.shift.grad, plain.shift.grad, atol=1e-4, rtol=1e-4)
     z = torch.linspace(-8, 8, 1001)
     torch.testing.assert_close(FusedGELU()(z), GELU()(z))
-    assert isinstance(feed_forward(8, fused=True).layers[1], FusedGELU)
-    assert type(feed_forward(8).layers[1]) is GELU and type(layer_norm(8)) is LayerNorm
+
+
+
+def test_fuse_layers_swaps_in_the_kernels_and_keeps_the_parameters():
+    torch.manual_seed(3)
+    block = TransformerBlock(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=1,
+                                       drop_rate=0.0))
+    with torch.no_grad():
+        block.norm1.shift.uniform_(-1, 1)
+    x = torch.randn(2, 8, 16)
+    before, params = block(x), dict(block.named_parameters())
+    assert fuse_layers(block) is block
+    assert type(block.norm1) is FusedLayerNorm and type(block.norm2) is FusedLayerNorm
+    assert type(block.ff.layers[1]) is FusedGELU
+    assert all(p is params[name] for name, p in block.named_parameters())  # the same tensors, not copies
+    torch.testing.assert_close(block(x), before, atol=1e-5, rtol=1e-5)
 
 
 def test_layernorm_eps_keeps_constant_rows_finite():
@@ -84,5 +98,6 @@ def test_transformer_block_with_kv_cache_equals_full_pass():
     x = torch.randn(2, 7, 16)
     cache = LayerKVCache(8)
     with torch.no_grad():
-        parts = [block(x[:, a:b], cache) for a, b in [(0, 5), (5, 6), (6, 7)]]
-    torch.testing.assert_close(torch.cat(parts, dim=1), block(x), atol=1e-6, rtol=1e-5)
+        parts = [cached_block(block, x[:, a:b], cache) for a, b in [(0, 5), (5, 6), (6, 7)]]
+        torch.testing.assert_close(torch.cat(parts, dim=1), block(x), atol=1e-6, rtol=1e-5)
+        assert torch.equal(cached_block(block, x), block(x))  # without a cache: the very same operations

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from llm_lib.fast import FastGPTModel
 from llm_lib.layers import FusedGELU, FusedLayerNorm
 from llm_lib.model import GPT2_SIZES, GPTConfig, GPTModel, count_parameters
 from llm_lib.weights import export_gpt2_state_dict, load_gpt2_weights
@@ -189,7 +190,7 @@ def _loss_and_grads(model, ids, targets):
 def _assert_switch_keeps_the_function(grad_atol: float, **switch) -> GPTModel:
     """The model with ``switch`` on gives the teaching model's loss and gradients (same weights); returns it."""
     teaching = GPTModel(SMALL).train()  # drop_rate=0: training mode is deterministic
-    switched = GPTModel(SMALL.replace(**switch)).train()
+    switched = FastGPTModel(SMALL.replace(**switch)).train()
     switched.load_state_dict(teaching.state_dict())
     ids, targets = _ids(), _ids(batch=2, tokens=20).roll(1, dims=1)
     loss_t, grads_t = _loss_and_grads(teaching, ids, targets)
@@ -198,6 +199,36 @@ def _assert_switch_keeps_the_function(grad_atol: float, **switch) -> GPTModel:
     for name, grad in grads_t.items():
         torch.testing.assert_close(grads_s[name], grad, atol=grad_atol, rtol=1e-4, msg=name)
     return switched
+
+
+def test_fast_model_with_switches_off_is_the_teaching_model_to_the_bit():
+    """Same seed, same weights; same ids, the same logits and dropout draws, in training mode too."""
+    cfg = SMALL.replace(drop_rate=0.2)
+    torch.manual_seed(11)
+    teaching = GPTModel(cfg).train()
+    torch.manual_seed(11)
+    fast = FastGPTModel(cfg).train()
+    assert teaching.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(v, fast.state_dict()[k]) for k, v in teaching.state_dict().items())
+    ids = _ids()
+    torch.manual_seed(12)
+    expected = teaching(ids)
+    torch.manual_seed(12)
+    assert torch.equal(fast(ids), expected)
+    torch.manual_seed(13)  # the same for a padded, fused model's initial weights: padding rows are extra zeros
+    padded = FastGPTModel(cfg.replace(vocab_pad_multiple=64, fused_layers=True))
+    assert not all(torch.equal(v, padded.state_dict()[k]) for k, v in fast.state_dict().items())
+    torch.manual_seed(11)
+    padded = FastGPTModel(cfg.replace(vocab_pad_multiple=64, fused_layers=True))
+    assert all(torch.equal(v, padded.state_dict()[k]) for k, v in teaching.state_dict().items())
+
+
+def test_the_teaching_model_refuses_the_fast_switches_by_name():
+    for switch in ({"fused_attention": True}, {"fused_layers": True}, {"vocab_pad_multiple": 64}):
+        with pytest.raises(ValueError, match=f"{next(iter(switch))} belong to chapter 36's fast path: "
+                                             f"build FastGPTModel"):
+            GPTModel(SMALL.replace(**switch))
+    GPTModel(SMALL.replace(tie_weights=True))  # GPT-2's own tying is part of the teaching model
 
 
 def test_fused_attention_model_equals_teaching_path_forward_and_backward():
@@ -214,8 +245,8 @@ def test_fused_layers_model_equals_teaching_path_forward_and_backward():
 
 def test_tied_model_is_the_untied_model_with_a_copied_head():
     torch.manual_seed(2)
-    tied = GPTModel(SMALL.replace(tie_weights=True))
-    untied = GPTModel(SMALL)
+    tied = FastGPTModel(SMALL.replace(tie_weights=True))
+    untied = FastGPTModel(SMALL)
     untied.load_state_dict(tied.state_dict())  # both keys hold the shared matrix
     assert torch.equal(untied.out_head.weight, untied.tok_emb.weight)
     ids, targets = _ids(), _ids(tokens=20).flip(1)
@@ -229,7 +260,7 @@ def test_tied_model_is_the_untied_model_with_a_copied_head():
 
 def test_tied_model_loads_gpt2_weights_and_matches_transformers():
     hf = hf_model(tied=True)
-    ours = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    ours = FastGPTModel(SMALL.replace(tie_weights=True)).eval()
     load_gpt2_weights(ours, hf.state_dict())
     ids = _ids()
     with torch.no_grad():
@@ -238,7 +269,7 @@ def test_tied_model_loads_gpt2_weights_and_matches_transformers():
 
 def test_tied_model_exports_into_a_tied_transformers_model():
     torch.manual_seed(3)
-    ours = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    ours = FastGPTModel(SMALL.replace(tie_weights=True)).eval()
     hf = hf_model(tied=True)
     hf.load_state_dict(export_gpt2_state_dict(ours), strict=False)
     ids = _ids()
@@ -249,18 +280,18 @@ def test_tied_model_exports_into_a_tied_transformers_model():
 def test_tied_model_refuses_a_checkpoint_with_a_separate_head():
     from llm_lib.model import load_state_dict_checked
 
-    untied = GPTModel(SMALL)
+    untied = FastGPTModel(SMALL)
     with pytest.raises(ValueError, match="tie_weights=True"):
-        load_state_dict_checked(GPTModel(SMALL.replace(tie_weights=True)), untied.state_dict())
+        load_state_dict_checked(FastGPTModel(SMALL.replace(tie_weights=True)), untied.state_dict())
 
 
 def test_tied_checkpoint_round_trip(tmp_path):
     from llm_lib.train import load_checkpoint, save_checkpoint
 
     torch.manual_seed(4)
-    model = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    model = FastGPTModel(SMALL.replace(tie_weights=True)).eval()
     save_checkpoint(tmp_path / "tied.safetensors", model)
-    loaded = GPTModel(SMALL.replace(tie_weights=True)).eval()
+    loaded = FastGPTModel(SMALL.replace(tie_weights=True)).eval()
     load_checkpoint(tmp_path / "tied.safetensors", loaded)
     assert loaded.out_head.weight is loaded.tok_emb.weight
     torch.testing.assert_close(loaded(_ids()), model(_ids()))
@@ -282,7 +313,7 @@ def test_padded_vocab_size():
 def test_padded_model_equals_unpadded_with_the_real_rows_copied(tie):
     torch.manual_seed(5)
     plain = GPTModel(SMALL.replace(tie_weights=tie))
-    padded = GPTModel(PADDED.replace(tie_weights=tie))
+    padded = FastGPTModel(PADDED.replace(tie_weights=tie))
     assert padded.tok_emb.weight.shape == padded.out_head.weight.shape == (128, SMALL.emb_dim)
     assert count_parameters(padded) == PADDED.replace(tie_weights=tie).num_parameters()
     with torch.no_grad():
@@ -304,13 +335,13 @@ def test_padded_state_dict_holds_only_the_real_rows(tmp_path):
     from llm_lib.train import load_checkpoint, save_checkpoint
 
     torch.manual_seed(6)
-    padded = GPTModel(PADDED).eval()
+    padded = FastGPTModel(PADDED).eval()
     sd = padded.state_dict()
     assert sd["tok_emb.weight"].shape == sd["out_head.weight"].shape == (97, SMALL.emb_dim)
     plain = GPTModel(SMALL).eval()
     plain.load_state_dict(sd)  # a padded model's checkpoint fits an unpadded model ...
     torch.testing.assert_close(plain(_ids()), padded(_ids()))
-    again = GPTModel(PADDED).eval()
+    again = FastGPTModel(PADDED).eval()
     again.load_state_dict(plain.state_dict())  # ... and the other way round
     torch.testing.assert_close(again(_ids()), padded(_ids()))
     save_checkpoint(tmp_path / "padded.safetensors", padded)
@@ -320,7 +351,7 @@ def test_padded_state_dict_holds_only_the_real_rows(tmp_path):
 
 def test_padded_model_loads_gpt2_weights_and_matches_transformers():
     hf = hf_model()
-    ours = GPTModel(PADDED.replace(tie_weights=True)).eval()
+    ours = FastGPTModel(PADDED.replace(tie_weights=True)).eval()
     load_gpt2_weights(ours, hf.state_dict())
     ids = _ids()
     with torch.no_grad():
@@ -332,7 +363,7 @@ def test_padded_model_loads_gpt2_weights_and_matches_transformers():
 def test_padded_model_rejects_padding_ids():
     ids = torch.full((1, 3), 100)  # a padding row, not a token
     with pytest.raises(ValueError, match="vocab_size=97"):
-        GPTModel(PADDED)(ids)
+        FastGPTModel(PADDED)(ids)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -340,7 +371,7 @@ def test_bf16_autocast_stays_close_to_float32(fused):
     # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%); measured here the logits differ
     # by ~0.3% (relative norm), the loss by ~0.005% and the gradients by ~0.4%, so the bounds allow ~3x.
     torch.manual_seed(7)
-    model = GPTModel(SMALL.replace(fused_attention=fused, fused_layers=fused, tie_weights=True,
+    model = FastGPTModel(SMALL.replace(fused_attention=fused, fused_layers=fused, tie_weights=True,
                                    vocab_pad_multiple=64)).train()
     ids, targets = _ids(), _ids(tokens=20).roll(5, dims=1)
     logits = model(ids)
@@ -366,7 +397,7 @@ def test_fast_model_compiles_as_one_graph():
     torch._dynamo.reset()
     cfg = SMALL.replace(n_layers=1, fused_attention=True, fused_layers=True, tie_weights=True,
                         vocab_pad_multiple=64)
-    model = GPTModel(cfg)
+    model = FastGPTModel(cfg)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     ids = _ids()
     torch.testing.assert_close(compiled(ids), model(ids))
@@ -379,7 +410,7 @@ def test_gpt2_init_gives_a_tied_model_a_sensible_first_loss():
     cfg = SMALL.replace(tie_weights=True, vocab_pad_multiple=64, n_layers=2)
     ids, targets = _ids(tokens=20), _ids(tokens=20).roll(1, dims=1)
     torch.manual_seed(9)
-    model = GPTModel(cfg)
+    model = FastGPTModel(cfg)
     default_loss = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
     init_gpt2_weights(model)
     loss = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
@@ -399,7 +430,7 @@ def test_gpt2_init_gives_a_tied_model_a_sensible_first_loss():
 @pytest.mark.parametrize("fused", [False, True])
 def test_kv_cache_in_chunks_equals_one_full_pass(fused):
     torch.manual_seed(8)
-    model = GPTModel(SMALL.replace(fused_attention=fused)).eval()
+    model = FastGPTModel(SMALL.replace(fused_attention=fused)).eval()
     ids = _ids(batch=3, tokens=20)
     cache = model.new_kv_cache()
     with torch.no_grad():
@@ -412,7 +443,7 @@ def test_kv_cache_in_chunks_equals_one_full_pass(fused):
 
 def test_kv_cache_matches_transformers_past_key_values():
     hf = hf_model()
-    ours = GPTModel(SMALL).eval()
+    ours = FastGPTModel(SMALL).eval()
     load_gpt2_weights(ours, hf.state_dict())
     ids = _ids(batch=2, tokens=12)
     cache = ours.new_kv_cache()
@@ -430,7 +461,7 @@ def test_kv_cache_matches_transformers_past_key_values():
 
 
 def test_kv_cache_overflow_names_the_limit():
-    model = GPTModel(SMALL).eval()
+    model = FastGPTModel(SMALL).eval()
     cache = model.new_kv_cache()
     with torch.no_grad():
         model(torch.zeros(1, 30, dtype=torch.long), kv_cache=cache)
@@ -444,9 +475,9 @@ def test_kv_cache_overflow_names_the_limit():
 
 
 def test_kv_cache_must_fit_the_model():
-    model = GPTModel(SMALL).eval()
+    model = FastGPTModel(SMALL).eval()
     with pytest.raises(ValueError, match="n_layers=3"):
-        model(torch.zeros(1, 2, dtype=torch.long), kv_cache=GPTModel(SMALL.replace(n_layers=2)).new_kv_cache())
+        model(torch.zeros(1, 2, dtype=torch.long), kv_cache=FastGPTModel(SMALL.replace(n_layers=2)).new_kv_cache())
     cache = model.new_kv_cache()
     with torch.no_grad():
         model(torch.zeros(2, 2, dtype=torch.long), kv_cache=cache)
@@ -456,7 +487,7 @@ def test_kv_cache_must_fit_the_model():
 
 def test_logits_at_chosen_positions_equal_the_full_forward_sliced():
     torch.manual_seed(3)
-    model = GPTModel(SMALL).eval()
+    model = FastGPTModel(SMALL).eval()
     ids = torch.randint(0, SMALL.vocab_size, (3, 7))
     full = model(ids)
     torch.testing.assert_close(model(ids, positions=-1), full[:, -1])
@@ -476,14 +507,14 @@ def test_logits_at_chosen_positions_equal_the_full_forward_sliced():
 ])
 def test_bad_positions_are_named(positions, message):
     with pytest.raises(ValueError, match=message):
-        GPTModel(SMALL)(torch.zeros(3, 7, dtype=torch.long), positions=positions)
+        FastGPTModel(SMALL)(torch.zeros(3, 7, dtype=torch.long), positions=positions)
 
 
 def test_logits_at_serves_our_models_and_any_other():
     from llm_lib.model import logits_at
 
     torch.manual_seed(4)
-    model = GPTModel(SMALL).eval()
+    model = FastGPTModel(SMALL).eval()
     ids = torch.randint(0, SMALL.vocab_size, (2, 5))
     rows = []  # our model runs its head at the chosen positions only
     hook = model.out_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1].numel()))

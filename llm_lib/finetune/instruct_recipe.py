@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..model import GPT2_SIZES, GPTConfig, GPTModel
+from ..fast import FastGPTModel
+from ..model import GPT2_SIZES, GPTConfig
 from .common import train_val_test_split
 from .instruct import (
     InstructionDataset,
@@ -130,10 +131,10 @@ class InstructionRecipe:
             loaders.append(DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate))
         return loaders[0], loaders[1]
 
-    def build_model(self, device="cpu") -> GPTModel:
+    def build_model(self, device="cpu") -> FastGPTModel:
         """The starting model: seeded random from ``cfg``, or OpenAI's GPT-2 weights when ``base`` is set."""
         torch.manual_seed(self.seed)
-        model = GPTModel(self.cfg)
+        model = FastGPTModel(self.cfg)
         if self.base is None:
             # GPT-2's initialisation of the embeddings, N(0, 0.02): nn.Embedding's N(0, 1) would make the
             # tied output head's first logits so large that the loss starts far above ln(vocab_size)

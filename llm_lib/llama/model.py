@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import LayerKVCache, _check_length
-from ..model import KVCache, check_token_ids, select_positions
+from ..fast import KVCache
+from ..model import check_token_ids, select_positions
 
 # F.scaled_dot_product_attention shares key/value heads itself from torch 2.5.
 _SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
