@@ -48,10 +48,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
 
 
-def autocast_context(device="cpu", dtype: torch.dtype | None = None):
-    """``torch.autocast`` for ``device`` in ``dtype``, or a context that changes nothing when ``dtype`` is None."""
+def check_autocast_dtype(dtype) -> None:
+    """A clear error unless ``dtype`` is one that ``autocast_context`` supports."""
     if dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {dtype}")
+
+
+def autocast_context(device="cpu", dtype: torch.dtype | None = None):
+    """``torch.autocast`` for ``device`` in ``dtype``, or a context that changes nothing when ``dtype`` is None."""
+    check_autocast_dtype(dtype)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

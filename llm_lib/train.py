@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .distributed import _is_ddp, _mean_over_ranks, _rank_and_world, unwrap_model
 from .generate import generate_text_simple, text_to_token_ids, token_ids_to_text
 from .history import TrainingHistory, progress_bar
-from .model import AUTOCAST_DTYPES, autocast_context, eval_mode
+from .model import autocast_context, check_autocast_dtype, eval_mode
 
 __all__ = [
     "calc_loss_batch",
@@ -165,9 +165,7 @@ class TrainOptions:
     grad_accum_steps: int = 1
 
     def __post_init__(self):
-        if self.autocast_dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, "
-                             f"got {self.autocast_dtype}")
+        check_autocast_dtype(self.autocast_dtype)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be a positive norm or None, got {self.grad_clip}")
         if self.grad_accum_steps < 1:
