@@ -31,6 +31,18 @@ def sync_setup_cell(nb, path: Path) -> None:
         first.metadata.tags.append("setup")
 
 
+def coalesce_streams(outputs: list) -> list:
+    joined = []
+    for out in outputs:
+        prev = joined[-1] if joined else None
+        if (out.output_type == "stream" and prev is not None
+                and prev.output_type == "stream" and prev.name == out.name):
+            prev.text = "".join(prev.text) + "".join(out.text)
+        else:
+            joined.append(out)
+    return joined
+
+
 def clean(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
@@ -39,6 +51,10 @@ def clean(nb) -> None:
         if "remove-stderr" in cell.metadata.get("tags", []):
             cell.outputs = [o for o in cell.get("outputs", [])
                             if not (o.output_type == "stream" and o.name == "stderr")]
+        # Print calls flushed at different moments arrive as separate stream outputs; join
+        # neighbours of the same stream so the saved file does not depend on that timing.
+        if cell.cell_type == "code":
+            cell.outputs = coalesce_streams(cell.outputs)
     nb.metadata.pop("papermill", None)
     # Live widgets need a kernel; a saved snapshot would only show "Loading widget..." or a
     # frozen control on the static page. Cells that show one are tagged remove-output.
