@@ -19,6 +19,7 @@ from llm_lib.finetune import (
     classifier_outputs,
     classify_text,
     confusion_matrix,
+    drop_duplicates,
     evaluate_classifier,
     freeze_for_classification,
     hidden_states,
@@ -79,11 +80,37 @@ def test_balance_classes_undersamples_with_a_seed():
         balance_classes([])
 
 
-def test_the_books_split_of_the_balanced_collection():
-    balanced = balance_classes(load_sms_spam())
-    assert len(balanced) == 2 * 747
+def test_balance_classes_keeps_per_class_rows_of_each_class():
+    rows = [(f"h{i}", 0) for i in range(10)] + [(f"s{i}", 1) for i in range(5)]
+    balanced = balance_classes(rows, seed=1, per_class=2)
+    assert sorted(label for _, label in balanced) == [0, 0, 1, 1]
+    assert set(balanced) <= set(rows)
+    with pytest.raises(ValueError, match=r"per_class must be in 1\.\.5: class 1 has only 5 rows"):
+        balance_classes(rows, per_class=6)
+    with pytest.raises(ValueError, match="per_class"):
+        balance_classes(rows, per_class=0)
+
+
+def test_drop_duplicates_keeps_the_first_copy_in_place():
+    rows = [("a", 0), ("b", 1), ("a", 0), ("c", 0), ("b", 1)]
+    assert drop_duplicates(rows) == [("a", 0), ("b", 1), ("c", 0)]
+    with pytest.raises(ValueError, match="occurs with labels 0 and 1"):
+        drop_duplicates([("a", 0), ("a", 1)])
+
+
+def test_the_books_split_of_the_collection():
+    rows = drop_duplicates(load_sms_spam())
+    labels = [label for _, label in rows]
+    assert (labels.count(0), labels.count(1)) == (4518, 653)  # 403 repeated messages dropped
+    balanced = balance_classes(rows, per_class=400)
+    assert len(balanced) == 800
     train, val, test = train_val_test_split(balanced, 0.7, 0.1)
-    assert (len(train), len(val), len(test)) == (1045, 149, 300)
+    assert (len(train), len(val), len(test)) == (560, 80, 160)
+    seen = {text for text, _ in train}
+    assert not any(text in seen for text, _ in val + test)  # no message is in two splits
+    # without dropping duplicates, 25 of the 300 test messages would also be training messages
+    train, _, test = train_val_test_split(balance_classes(load_sms_spam()), 0.7, 0.1)
+    assert sum(text in {t for t, _ in train} for text, _ in test) == 25
 
 
 def test_spam_dataset_pads_with_endoftext_to_the_longest_message(tokenizer):

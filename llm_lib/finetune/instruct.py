@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler
 from ..data_sources import write_atomically
 from ..history import TrainingHistory, progress_bar
 from ..model import eval_mode, logits_at
-from .classify import PAD_TOKEN_ID
+from .spam_data import PAD_TOKEN_ID
 
 __all__ = [
     "IGNORE_INDEX",
