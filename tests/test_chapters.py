@@ -149,6 +149,9 @@ def test_widgets_only_where_a_kernel_runs(chapter):
             assert "remove-output" in tags and "nbval-ignore-output" in tags, c.source[:80]
 
 
+PAGE_COLUMNS = 79  # what the page's code column shows at 1280 px (see below)
+
+
 def test_code_shown_from_the_library_fits_the_page(chapter):
     """``show_source`` listings render as code blocks: their lines must fit the page's code column too."""
     _, nb = chapter
@@ -156,11 +159,13 @@ def test_code_shown_from_the_library_fits_the_page(chapter):
         for o in c.get("outputs", []):
             listing = o.get("data", {}).get("text/markdown", "")
             if listing.startswith("```python"):
-                wide = [line for line in listing.splitlines() if len(line) > 80]
-                assert not wide, f"library code shown in the chapter is wider than 80 columns: {wide[:2]}"
+                wide = [line for line in listing.splitlines() if len(line) > PAGE_COLUMNS]
+                assert not wide, (f"library code shown in the chapter is wider than {PAGE_COLUMNS} "
+                                  f"columns: {wide[:2]}")
 
 
-# At 1280 px the page's code column shows 80 characters; a wider line scrolls sideways. These
+# At 1280 px the page's code column shows 79 characters; a wider line scrolls sideways, and an
+# 80th character is cut off (seen in Chromium on chapter 10's page). These
 # chapters still have visible code lines wider than that (issue 16, item 8), counted here so that
 # the number can only go down: the test fails if a chapter gains one, and asks for the count to be
 # lowered (or the chapter removed) once lines are rewrapped. Cells whose input is hidden are not
@@ -173,7 +178,7 @@ def _wide_visible_code_lines(nb) -> list[str]:
     for c in nb.cells:
         tags = set(c.metadata.get("tags", []))
         if c.cell_type == "code" and not tags & {"setup", "hide-input", "remove-input"}:
-            wide += [line for line in c.source.splitlines() if len(line) > 80]
+            wide += [line for line in c.source.splitlines() if len(line) > PAGE_COLUMNS]
     return wide
 
 
@@ -181,7 +186,7 @@ def test_visible_code_fits_the_page_or_is_counted(chapter):
     ch, nb = chapter
     wide = _wide_visible_code_lines(nb)
     allowed = WIDE_CODE_LINES_LEFT.get(ch.number, 0)
-    assert len(wide) <= allowed, f"code lines wider than 80 columns: {wide[:3]}"
+    assert len(wide) <= allowed, f"code lines wider than {PAGE_COLUMNS} columns: {wide[:3]}"
     assert len(wide) == allowed, (f"chapter {ch.number} now has {len(wide)} wide lines: lower its count "
                                   f"in WIDE_CODE_LINES_LEFT (or remove it at 0)")
 

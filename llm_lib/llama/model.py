@@ -341,7 +341,7 @@ class LlamaModel(nn.Module):
 
     @torch.no_grad()
     def attention_weights(self, in_idx: torch.Tensor) -> torch.Tensor:
-        """Each block's weights ``(n_layers, batch, heads, tokens, tokens)``."""
+        """All blocks' weights ``(n_layers, batch, heads, tokens, tokens)``."""
         self.check_input(in_idx)
         x, weights = self.tok_emb(in_idx), []
         for block in self.trf_blocks:
