@@ -110,7 +110,8 @@ def test_the_books_split_of_the_collection():
     assert not any(text in seen for text, _ in val + test)  # no message is in two splits
     # without dropping duplicates, 25 of the 300 test messages would also be training messages
     train, _, test = train_val_test_split(balance_classes(load_sms_spam()), 0.7, 0.1)
-    assert sum(text in {t for t, _ in train} for text, _ in test) == 25
+    seen = {text for text, _ in train}
+    assert sum(text in seen for text, _ in test) == 25
 
 
 def test_spam_dataset_pads_with_endoftext_to_the_longest_message(tokenizer):
